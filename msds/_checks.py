@@ -1,0 +1,134 @@
+"""Argument checks shared by the public API.
+
+Every error names the argument, what was expected and what was given, so a
+bad call fails at the API boundary rather than deep inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def describe(value: object) -> str:
+    """A short description of a value for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {describe(value)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {describe(value)}")
+    return value
+
+
+def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Both tensors share shape, device and dtype."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b}: expected the same shape as {name_a} {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{name_b}: expected the same device as {name_a} ({a.device}), got {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b}: expected the same dtype as {name_a} ({a.dtype}), got {b.dtype}")
+
+
+def check_eps(eps: object) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {describe(eps)}")
+    return float(eps)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_feature_pair(name_x: str, fx: object, name_y: str, fy: object) -> None:
+    """Feature maps (B, C, h, w) of the two images at one level."""
+    check_tensor(name_x, fx)
+    check_tensor(name_y, fy)
+    if fx.dim() != 4:
+        raise ValueError(f"{name_x}: expected a 4-D feature map (B, C, h, w), got shape {tuple(fx.shape)}")
+    check_same(name_x, fx, name_y, fy)
+    batch, channels, height, width = fx.shape
+    if batch < 1 or height < 1 or width < 1:
+        raise ValueError(f"{name_x}: expected B, h and w all >= 1, got shape {tuple(fx.shape)}")
+    if channels < 4 or channels % 4:
+        raise ValueError(
+            f"{name_x}: expected a channel count that is a positive multiple of 4 "
+            f"(the Gram matrix is cut into 4x4 tiles), got C = {channels}"
+        )
+
+
+def check_levels(levels: object) -> int:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels: expected an integer >= 1, got {describe(levels)}")
+    return levels
+
+
+def check_image(name: str, image: object, levels: int, check_range: bool) -> torch.Tensor:
+    """An RGB batch (B, 3, H, W) large enough for `levels` pyramid levels, in [0, 1] if checked."""
+    check_tensor(name, image)
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"{name}: expected an RGB batch of shape (B, 3, H, W), got shape {tuple(image.shape)}")
+    if image.shape[0] < 1:
+        raise ValueError(f"{name}: expected a batch of at least one image, got shape {tuple(image.shape)}")
+    smallest = min_side(levels)
+    height, width = image.shape[-2:]
+    if min(height, width) < smallest:
+        raise ValueError(
+            f"{name}: expected images of at least {smallest}x{smallest} pixels for levels={levels} "
+            f"(relu5_1 needs 16x16 pixels at the coarsest level), got {height}x{width}"
+        )
+    # One fused test that also catches NaN, which fails both comparisons.
+    if check_range and not bool(((image >= 0) & (image <= 1)).all()):
+        raise ValueError(
+            f"{name}: expected pixel values in [0, 1] (no NaN), got values in "
+            f"[{image.min().item():.4g}, {image.max().item():.4g}]; "
+            "pass check_range=False to skip this check"
+        )
+    return image
+
+
+def check_images(x: object, y: object, levels: int, check_range: bool) -> None:
+    """Two RGB batches of one shape, device and dtype (see check_image)."""
+    check_tensor("x", x)
+    check_tensor("y", y)
+    check_same("x", x, "y", y)
+    check_image("x", x, levels, check_range)
+    check_image("y", y, levels, check_range)
+
+
+def min_side(levels: int) -> int:
+    """Smallest image side that leaves 16 pixels at the coarsest of `levels` levels."""
+    return 16 * 2 ** (levels - 1)
+
+
+def check_mask(name: str, mask: object, image: torch.Tensor) -> torch.Tensor:
+    """A binary saliency mask for `image`, returned as (B, 1, H, W) in the image's dtype."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {describe(mask)}")
+    batch, _, height, width = image.shape
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    if mask.dim() != 4 or tuple(mask.shape) != (batch, 1, height, width):
+        raise ValueError(
+            f"{name}: expected a mask of shape ({batch}, 1, {height}, {width}) or "
+            f"({batch}, {height}, {width}), got shape {tuple(mask.shape)}"
+        )
+    if mask.device != image.device:
+        raise ValueError(f"{name}: expected a tensor on {image.device}, got {mask.device}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name}: expected a binary mask (values 0 and 1 only), got other values")
+    return mask.to(image.dtype)

@@ -1,0 +1,104 @@
+"""VGG16's convolutional trunk up to relu5_1, frozen, with ImageNet normalisation.
+
+The layers mirror torchvision's `vgg16().features[0:26]` index for index, so
+torchvision's state-dict keys (`features.N.weight`) load without renaming.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import torch
+from torch import nn
+
+from msds.weights import StateDict, WeightsArg, WeightsError, resolve_weights
+
+# Output channels of each conv, "M" for a 2x2 max-pool; ends at conv5_1.
+LAYOUT: List[Union[int, str]] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512]
+CHANNELS = 512
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 0
+
+
+def build_features() -> nn.Sequential:
+    layers: List[nn.Module] = []
+    in_channels = 3
+    for item in LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = item
+    return nn.Sequential(*layers)
+
+
+class VGG16Trunk(nn.Module):
+    """Images (B, 3, H, W) in [0, 1] -> relu5_1 features (B, 512, H/16, W/16).
+
+    Args:
+        weights: "imagenet" (torchvision's ImageNet weights, see msds.weights),
+            a path to a VGG16 state dict, or None for a seeded random
+            initialisation (for tests; scores are then not meaningful).
+
+    The trunk is frozen: its parameters never require gradients and it stays
+    in eval mode. Each 2x2 max-pool floors odd sizes, as torchvision does.
+    """
+
+    def __init__(self, weights: WeightsArg = "imagenet") -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.features = build_features()
+        state = resolve_weights(weights)
+        self.pretrained = state is not None
+        if state is None:
+            self._init_random()
+        else:
+            self._load(state)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "VGG16Trunk":
+        return super().train(False)  # frozen: always in eval mode
+
+    def _init_random(self) -> None:
+        generator = torch.Generator().manual_seed(RANDOM_SEED)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                fan_out = layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
+                std = (2.0 / fan_out) ** 0.5  # He initialisation, as torchvision's VGG
+                with torch.no_grad():
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+                    layer.bias.zero_()
+
+    def _load(self, state: StateDict) -> None:
+        expected = self.trunk_state_dict()
+        missing = [key for key in expected if key not in state]
+        if missing:
+            raise WeightsError(
+                f"weights: not a VGG16 state dict: missing {len(missing)} keys "
+                f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"
+            )
+        for key, tensor in expected.items():
+            if state[key].shape != tensor.shape:
+                raise WeightsError(
+                    f"weights: {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)} (VGG16)"
+                )
+        with torch.no_grad():
+            for key, tensor in expected.items():
+                tensor.copy_(state[key].to(tensor.dtype))
+
+    def trunk_state_dict(self) -> StateDict:
+        """The trunk's weights under torchvision's key names (features.N.*)."""
+        return {f"features.{key}": value for key, value in self.features.state_dict().items()}
+
+    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """relu5_1 features; `mask` (B, 1, H, W), binary, multiplies the conv1_1 output."""
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        x = self.features[:2](x)
+        if mask is not None:
+            # Applied after relu1_1: a 0/1 mask commutes with the ReLU, so this
+            # equals masking the conv1_1 output itself.
+            x = x * mask
+        return self.features[2:](x)

@@ -1,0 +1,110 @@
+"""The head: the seam between the trunk's feature maps and the scores.
+
+`multiscale_gram_ssim` takes the per-level feature maps of both images and
+returns (B, L) DeepSSIM scores. Behind it sit two interchangeable
+implementations, chosen per call from the tensors' device: the reference
+(plain PyTorch, msds.reference) and the fused Triton kernels (msds.kernels).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from msds import _checks, reference
+
+HeadFn = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], float], torch.Tensor]
+
+
+def _load_triton_head() -> tuple[Optional[HeadFn], str]:
+    """The Triton head and '' if it can be used, else None and the reason."""
+    try:
+        from msds.kernels import dispatch
+    except ImportError as err:  # triton missing or broken
+        return None, f"the Triton kernels could not be imported ({err})"
+    return dispatch.multiscale_scores, ""
+
+
+def select_head(backend: str, device: torch.device) -> HeadFn:
+    """The head implementation for `backend` and tensors on `device`."""
+    _checks.check_choice("backend", backend, _checks.BACKENDS)
+    if backend == "reference" or (backend == "auto" and device.type != "cuda"):
+        return reference.multiscale_scores
+    head, reason = _load_triton_head()
+    if head is None:
+        if backend == "auto":
+            return reference.multiscale_scores
+        raise RuntimeError(f"backend='triton' cannot run: {reason}")
+    if device.type != "cuda":
+        from msds.kernels import dispatch
+
+        if not dispatch.INTERPRETED:
+            raise RuntimeError(
+                f"backend='triton' on {device.type} tensors needs the Triton interpreter: set the "
+                "environment variable TRITON_INTERPRET=1 before triton is first imported"
+            )
+    return head
+
+
+def multiscale_gram_ssim(
+    fxs: Sequence[torch.Tensor],
+    fys: Sequence[torch.Tensor],
+    *,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """DeepSSIM head scores for every pyramid level at once.
+
+    Args:
+        fxs, fys: per-level feature maps of the two images, each (B, C, h, w);
+            the same B, C, device and dtype on every level, h and w free per
+            level; C a multiple of 4.
+        eps: the stabilising constant c of the tile score.
+        backend: "auto" (Triton kernels for CUDA tensors when triton imports,
+            the reference otherwise), "reference" or "triton".
+
+    Returns:
+        (B, L) scores, float64 for float64 features and float32 otherwise.
+        1 means identical Gram structure; higher is more similar.
+    """
+    eps = _checks.check_eps(eps)
+    for name, value in (("fxs", fxs), ("fys", fys)):
+        if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) == 0:
+            raise TypeError(
+                f"{name}: expected a non-empty list of (B, C, h, w) feature maps, got {_checks.describe(value)}"
+            )
+    if len(fxs) != len(fys):
+        raise ValueError(f"fys: expected {len(fxs)} levels like fxs, got {len(fys)}")
+    for level, (fx, fy) in enumerate(zip(fxs, fys)):
+        _checks.check_feature_pair(f"fxs[{level}]", fx, f"fys[{level}]", fy)
+        first = fxs[0]
+        if fx.shape[:2] != first.shape[:2] or fx.dtype != first.dtype or fx.device != first.device:
+            raise ValueError(
+                f"fxs[{level}]: expected the batch size, channel count, dtype and device of fxs[0] "
+                f"({_checks.describe(first)}), got {_checks.describe(fx)}"
+            )
+    head = select_head(backend, fxs[0].device)
+    return head(list(fxs), list(fys), eps)
+
+
+def gram_ssim(
+    fx: torch.Tensor,
+    fy: torch.Tensor,
+    *,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """DeepSSIM head score for one level of feature maps.
+
+    Args:
+        fx, fy: feature maps (B, C, h, w) of the two images, C a multiple of 4.
+        eps: the stabilising constant c of the tile score.
+        backend: "auto", "reference" or "triton" (see multiscale_gram_ssim).
+
+    Returns:
+        (B,) mean over the 4x4 tiles of the two Gram matrices of
+        (2 cov + c) / (var_x + var_y + c); 1 for identical features.
+    """
+    _checks.check_feature_pair("fx", fx, "fy", fy)
+    return multiscale_gram_ssim([fx], [fy], eps=eps, backend=backend)[:, 0]

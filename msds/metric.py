@@ -1,0 +1,280 @@
+"""The MSDS and DeepSSIM modules: images in, scores (or losses) out.
+
+Data flows one way: images -> pyramid -> frozen VGG16 trunk (once per level,
+both images in one batch where their gradient needs match) -> per-level
+feature maps -> head (all levels in one call) -> (B, L) scores -> fused score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from msds import _checks, reference
+from msds.backbone import VGG16Trunk
+from msds.head import multiscale_gram_ssim
+from msds.pyramid import image_pyramid
+from msds.weights import WeightsArg
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """A reference image's per-level trunk features, computed once and reused.
+
+    Made by `MSDS.precompute(y)`; pass it in place of `y` to score many
+    images against the same reference without rerunning the trunk on it.
+    """
+
+    features: Tuple[torch.Tensor, ...]  # per level, (B_ref, 512, h_l, w_l)
+    image_shape: Tuple[int, ...]  # (B_ref, 3, H, W)
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
+class _DeepFeatureMetric(nn.Module):
+    """What MSDS and DeepSSIM share: the trunk, the options, the pair pass."""
+
+    def __init__(
+        self,
+        weights: WeightsArg,
+        as_loss: bool,
+        reduction: Optional[str],
+        check_range: Optional[bool],
+        eps: float,
+        backend: str,
+    ) -> None:
+        super().__init__()
+        self.as_loss = bool(as_loss)
+        self.reduction = _checks.check_choice(
+            "reduction", "mean" if reduction is None and as_loss else reduction or "none", _checks.REDUCTIONS
+        )
+        # The range check synchronises with the device, so losses skip it by default.
+        self.check_range = (not self.as_loss) if check_range is None else bool(check_range)
+        self.eps = _checks.check_eps(eps)
+        self.backend = _checks.check_choice("backend", backend, _checks.BACKENDS)
+        self.trunk = VGG16Trunk(weights)
+
+    @property
+    def pretrained(self) -> bool:
+        """False when the trunk is the seeded random initialisation."""
+        return self.trunk.pretrained
+
+    def _trunk_dtype(self) -> torch.dtype:
+        return self.trunk.features[0].weight.dtype
+
+    def _pair_features(
+        self,
+        xs: Sequence[torch.Tensor],
+        ys: Sequence[torch.Tensor],
+        mask_x: Optional[torch.Tensor] = None,
+        mask_y: Optional[torch.Tensor] = None,
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Trunk features of both images at every level.
+
+        Where both images need a gradient, or neither does, they share one
+        trunk pass per level; otherwise the one that needs none (the target,
+        in a loss) runs without autograd.
+        """
+        dtype = self._trunk_dtype()
+        shared = not torch.is_grad_enabled() or xs[0].requires_grad == ys[0].requires_grad
+        fxs, fys = [], []
+        for level, (x, y) in enumerate(zip(xs, ys)):
+            masks = (mask_x, mask_y) if level == 0 else (None, None)
+            if shared:
+                mask = None
+                if masks != (None, None):
+                    ones = torch.ones_like(x[:, :1])
+                    mask = torch.cat([m if m is not None else ones for m in masks]).to(dtype)
+                both = self.trunk(torch.cat([x, y]).to(dtype), mask)
+                fx, fy = both.split(x.shape[0])
+            else:
+                outputs = []
+                for image, mask in zip((x, y), masks):
+                    with torch.set_grad_enabled(image.requires_grad):
+                        outputs.append(self.trunk(image.to(dtype), None if mask is None else mask.to(dtype)))
+                fx, fy = outputs
+            fxs.append(fx)
+            fys.append(fy)
+        return fxs, fys
+
+    def _finish(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-image scores (B,) -> the loss or the score, reduced."""
+        return _reduce(1 - scores if self.as_loss else scores, self.reduction)
+
+
+class MSDS(_DeepFeatureMetric):
+    """MSDS: DeepSSIM at every level of an image pyramid, fused by learnable weights.
+
+    Args:
+        levels: pyramid levels L (level 0 is the input, each next one a 2x2
+            average pool of the previous). Images need sides of at least
+            16 * 2**(L-1) pixels.
+        weights: "imagenet", a path to a VGG16 state dict, or None for a
+            seeded random trunk (see msds.weights).
+        as_loss: return 1 - score, mean-reduced by default, for training.
+        reduction: "none" (per-image, the metric's default), "mean" (the
+            loss's default) or "sum".
+        check_range: refuse pixel values outside [0, 1]; on by default for
+            the metric, off for the loss (the check synchronises the device).
+        fit_fusion: let the fusion logits receive gradients (never with
+            as_loss, where every weight is frozen).
+        eps: the constant c of the tile score.
+        backend: head implementation, "auto", "reference" or "triton".
+
+    The fused score is sum_l softmax(fusion_logits)_l * S_l; the logits start
+    at zero (uniform weights). 1 means identical; higher is more similar.
+    """
+
+    def __init__(
+        self,
+        levels: int = 3,
+        weights: WeightsArg = "imagenet",
+        *,
+        as_loss: bool = False,
+        reduction: Optional[str] = None,
+        check_range: Optional[bool] = None,
+        fit_fusion: bool = False,
+        eps: float = 1e-6,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend)
+        self.levels = _checks.check_levels(levels)
+        if fit_fusion and as_loss:
+            raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
+        self.fusion_logits = nn.Parameter(torch.zeros(self.levels), requires_grad=bool(fit_fusion))
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, as_loss={self.as_loss}, reduction={self.reduction!r}, backend={self.backend!r}"
+
+    def fusion_weights(self) -> torch.Tensor:
+        """The per-level weights softmax(fusion_logits), (L,)."""
+        return self.fusion_logits.softmax(0)
+
+    @torch.no_grad()
+    def precompute(self, y: torch.Tensor) -> ReferenceFeatures:
+        """Trunk features of reference images (B_ref, 3, H, W), for reuse as `y`.
+
+        A batch of one reference is broadcast against any batch of `x`.
+        """
+        _checks.check_image("y", y, self.levels, self.check_range)
+        dtype = self._trunk_dtype()
+        features = tuple(self.trunk(level.to(dtype)) for level in image_pyramid(y, self.levels))
+        return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
+
+    def _reference_pair(self, x: torch.Tensor, ref: ReferenceFeatures) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        _checks.check_image("x", x, self.levels, self.check_range)
+        ref_batch = ref.image_shape[0]
+        if len(ref.features) != self.levels:
+            raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
+        if x.shape[1:] != ref.image_shape[1:] or ref_batch not in (1, x.shape[0]):
+            raise ValueError(
+                f"x: expected images of shape (B, {', '.join(map(str, ref.image_shape[1:]))}) with B = "
+                f"{ref_batch} or a reference batch of 1, as the precomputed reference, got {tuple(x.shape)}"
+            )
+        if x.device != ref.device or x.dtype != ref.dtype:
+            raise ValueError(
+                f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
+            )
+        dtype = self._trunk_dtype()
+        fxs = [self.trunk(level.to(dtype)) for level in image_pyramid(x, self.levels)]
+        fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
+        return fxs, fys
+
+    def level_scores(self, x: torch.Tensor, y: Union[torch.Tensor, ReferenceFeatures]) -> torch.Tensor:
+        """Per-level DeepSSIM scores (B, L) of images x against references y.
+
+        Args:
+            x: images (B, 3, H, W) in [0, 1].
+            y: images of the same shape, dtype and device, or the
+                ReferenceFeatures of `precompute`.
+        """
+        if isinstance(y, ReferenceFeatures):
+            fxs, fys = self._reference_pair(x, y)
+        else:
+            _checks.check_images(x, y, self.levels, self.check_range)
+            fxs, fys = self._pair_features(image_pyramid(x, self.levels), image_pyramid(y, self.levels))
+        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=self.backend)
+
+    def fuse(self, level_scores: torch.Tensor) -> torch.Tensor:
+        """(B, L) level scores -> (B,) fused scores."""
+        weights = self.fusion_weights().to(level_scores.dtype)
+        return level_scores @ weights
+
+    def forward(self, x: torch.Tensor, y: Union[torch.Tensor, ReferenceFeatures]) -> torch.Tensor:
+        """Fused MSDS score of x against y, (B,) or reduced; 1 - score as a loss."""
+        return self._finish(self.fuse(self.level_scores(x, y)))
+
+
+class DeepSSIM(_DeepFeatureMetric):
+    """DeepSSIM: Gram-matrix structural similarity of VGG16 relu5_1 features.
+
+    Args:
+        weights, as_loss, reduction, check_range, eps, backend: as for MSDS.
+        lite: the DeepSSIM-Lite variant meant for optimisation: the Gram
+            divided by C*h*w and one global tile over the whole C x C matrix
+            (always computed by the reference head; it is cheap). Use it with
+            as_loss=True for the published 1 - S loss.
+
+    `forward(x, y, mask_x=None, mask_y=None)` takes optional binary saliency
+    masks (B, 1, H, W) or (B, H, W), 1 where salient, which multiply the
+    conv1_1 output of the matching image (the saliency-calibrated variant).
+    1 means identical; higher is more similar.
+    """
+
+    levels = 1
+
+    def __init__(
+        self,
+        weights: WeightsArg = "imagenet",
+        *,
+        lite: bool = False,
+        as_loss: bool = False,
+        reduction: Optional[str] = None,
+        check_range: Optional[bool] = None,
+        eps: float = 1e-6,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend)
+        self.lite = bool(lite)
+
+    def extra_repr(self) -> str:
+        return f"lite={self.lite}, as_loss={self.as_loss}, reduction={self.reduction!r}, backend={self.backend!r}"
+
+    def score(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask_x: Optional[torch.Tensor] = None,
+        mask_y: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Per-image DeepSSIM scores (B,), unreduced and never as a loss."""
+        _checks.check_images(x, y, 1, self.check_range)
+        if mask_x is not None:
+            mask_x = _checks.check_mask("mask_x", mask_x, x)
+        if mask_y is not None:
+            mask_y = _checks.check_mask("mask_y", mask_y, y)
+        (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
+        if self.lite:
+            return reference.lite_level_score(fx, fy, self.eps)
+        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=self.backend)[:, 0]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask_x: Optional[torch.Tensor] = None,
+        mask_y: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """DeepSSIM of x against y, (B,) or reduced; 1 - score as a loss."""
+        return self._finish(self.score(x, y, mask_x, mask_y))

@@ -1,0 +1,28 @@
+"""Packaging for msds. Static on purpose: no hardware is probed at install time."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    # "msds" and "kernels" are other projects' names on PyPI; the import name is msds.
+    name="torch-msds",
+    version="0.1.0",
+    description="Fast, differentiable MSDS and DeepSSIM image-quality metrics for PyTorch",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    # kernels/ lives at the top of the tree but installs as msds.kernels.
+    packages=["msds", "msds.kernels"],
+    package_dir={"msds": "msds", "msds.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.11",
+        "numpy",
+        "scipy",
+        "pillow",
+        'triton>=3.6; platform_system == "Linux" and platform_machine == "x86_64"',
+    ],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["msds=msds.cli:main"]},
+)
