@@ -47,8 +47,9 @@ class VGG16Trunk(nn.Module):
 
     def __init__(self, weights: WeightsArg = "imagenet") -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Kept in float64 and cast at use, so a float64 trunk normalises exactly.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
         self.features = build_features()
         state = resolve_weights(weights)
         self.pretrained = state is not None

@@ -1,0 +1,1 @@
+"""Head forward benchmarks (see README, "Benchmarks")."""

@@ -1,0 +1,140 @@
+"""The command line, run as a user would: in a subprocess, on files the test writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "msds", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_image(path, seed, size=(40, 36), noise=0.0):
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 1, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    pixels = np.clip(base + noise * rng.standard_normal(base.shape), 0, 1)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return write_image(tmp_path / "ref.png", 0), write_image(tmp_path / "dist.png", 1, noise=0.2)
+
+
+def test_score_two_files_json(pair):
+    ref, dist = pair
+    result = run("score", str(ref), str(dist), "--levels", "2", "--weights", "random", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["levels"] == 2 and report["weights"].startswith("random")
+    (entry,) = report["pairs"]
+    assert len(entry["level_scores"]) == 2 and 0 < entry["score"] < 1
+    assert entry["score"] == pytest.approx(np.mean(entry["level_scores"]), abs=1e-6)
+
+
+def test_identical_files_score_one(pair):
+    ref, _ = pair
+    result = run("score", str(ref), str(ref), "--levels", "1", "--weights", "random", "--json")
+    assert json.loads(result.stdout)["pairs"][0]["score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_score_folders_pairs_by_name_and_prints_a_table(tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "dist").mkdir()
+    for i, name in enumerate(("a.png", "b.jpg")):
+        write_image(tmp_path / "ref" / name, i)
+        write_image(tmp_path / "dist" / name, i + 10, noise=0.1)
+    result = run("score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--levels", "1", "--weights", "random")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("trunk weights: random")
+    assert "level0" in lines[1] and "MSDS" in lines[1]
+    assert any("a.png" in line for line in lines) and any("b.jpg" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "problem,expected",
+    [
+        ("missing", "missing.png: no such file"),
+        ("unreadable", "junk.png: not a readable image"),
+        ("size", "expected the size of"),
+        ("small", "at least 32x32 pixels"),
+    ],
+)
+def test_file_problems_give_one_line_and_nonzero_exit(problem, expected, tmp_path, pair):
+    ref, dist = pair
+    if problem == "missing":
+        dist = tmp_path / "missing.png"
+    elif problem == "unreadable":
+        dist = tmp_path / "junk.png"
+        dist.write_bytes(b"\x89PNG this is not an image")
+    elif problem == "size":
+        dist = write_image(tmp_path / "other.png", 3, size=(48, 36))
+    else:
+        ref, dist = write_image(tmp_path / "s1.png", 0, (20, 20)), write_image(tmp_path / "s2.png", 1, (20, 20))
+    result = run("score", str(ref), str(dist), "--levels", "2", "--weights", "random")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+
+
+def test_unpaired_file_in_folders_is_named(tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "dist").mkdir()
+    write_image(tmp_path / "ref" / "a.png", 0)
+    write_image(tmp_path / "dist" / "a.png", 1)
+    write_image(tmp_path / "ref" / "lonely.png", 2)
+    result = run("score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--weights", "random")
+    assert result.returncode != 0 and "lonely.png" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_weights_file_is_one_line(pair, tmp_path):
+    ref, dist = pair
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    result = run("score", str(ref), str(dist), "--weights", str(bad))
+    assert result.returncode != 0 and "bad.pth is not a readable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_falls_back_to_the_random_trunk_and_says_so(tmp_path):
+    env = {"MSDS_VGG16_WEIGHTS": str(tmp_path / "absent.pth")}
+    result = run("demo", "--levels", "2", "--size", "48", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM (untrained) trunk" in result.stderr and "absent.pth" in result.stderr
+    assert "trunk weights: random" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("noise", "blur", "jpeg", "contrast"))]
+    assert len(rows) == 16
+
+
+def test_demo_json_and_saved_images(tmp_path):
+    result = run("demo", "--levels", "1", "--size", "32", "--weights", "random", "--json", "--save", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    noise = [row["score"] for row in rows if row["distortion"] == "noise"]
+    assert len(rows) == 16 and noise == sorted(noise, reverse=True)
+    assert (tmp_path / "reference.png").is_file() and len(list(tmp_path.glob("*.png"))) == 17
+
+
+def test_trim_weights_command(tmp_path):
+    import torch
+
+    from msds.backbone import build_features
+
+    state = {f"features.{k}": torch.rand(v.shape) for k, v in build_features().state_dict().items()}
+    state["classifier.6.bias"] = torch.rand(1000)
+    torch.save(state, tmp_path / "full.pth")
+    result = run("trim-weights", str(tmp_path / "full.pth"), str(tmp_path / "trim.pth"))
+    assert result.returncode == 0, result.stderr
+    assert "classifier.6.bias" not in torch.load(tmp_path / "trim.pth", weights_only=True)

@@ -1,0 +1,184 @@
+"""The MSDS and DeepSSIM modules against the independent oracle, and their behaviour."""
+
+import numpy as np
+import pytest
+import torch
+
+import msds
+from helpers import relu_features
+from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
+
+
+def images(shape, generator, dtype=torch.float64):
+    """Smooth-ish random images in [0, 1]: a blurred field plus fine noise."""
+    coarse = torch.rand(shape[0], 3, shape[2] // 4 + 1, shape[3] // 4 + 1, generator=generator, dtype=torch.float64)
+    field = torch.nn.functional.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
+    noise = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return (0.8 * field + 0.2 * noise).clamp(0, 1).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def metric64():
+    return msds.MSDS(levels=3, weights=None).double()
+
+
+def state_of(model):
+    return model.trunk.trunk_state_dict()
+
+
+# (levels, B, H, W): odd and non-square sizes, one level up to four.
+MODULE_SHAPES = [(1, 2, 16, 16), (2, 1, 37, 33), (3, 2, 64, 71), (4, 1, 128, 131)]
+
+
+@pytest.mark.parametrize("levels,batch,height,width", MODULE_SHAPES)
+def test_level_scores_match_oracle_float64(levels, batch, height, width, rng):
+    model = msds.MSDS(levels=levels, weights=None).double()
+    x = images((batch, 3, height, width), rng)
+    y = (x + 0.1 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    got = model.level_scores(x, y)
+    assert got.shape == (batch, levels) and got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), msds_level_scores(x, y, state_of(model), levels), rtol=0, atol=1e-10)
+
+
+def test_forward_fuses_with_softmax_of_the_logits(metric64, rng):
+    x, y = images((2, 3, 64, 64), rng), images((2, 3, 64, 64), rng)
+    levels = metric64.level_scores(x, y)
+    torch.testing.assert_close(metric64(x, y), levels.mean(1))  # zero logits: uniform weights
+    model = msds.MSDS(levels=3, weights=None).double()
+    with torch.no_grad():
+        model.fusion_logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    weights = torch.softmax(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), 0)
+    torch.testing.assert_close(model(x, y), levels @ weights)
+
+
+def test_identical_images_score_one(metric64, rng):
+    x = images((2, 3, 64, 64), rng)
+    assert torch.equal(metric64.level_scores(x, x.clone()), torch.ones(2, 3, dtype=torch.float64))
+    torch.testing.assert_close(metric64(x, x.clone()), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_scores_fall_with_distortion_strength(metric64, rng):
+    x = images((1, 3, 64, 64), rng)
+    noise = torch.randn(x.shape, generator=rng, dtype=torch.float64)
+    scores = [metric64(x, (x + s * noise).clamp(0, 1)).item() for s in (0.02, 0.1, 0.3)]
+    assert scores[0] > scores[1] > scores[2]
+
+
+def test_symmetric_in_the_two_images(metric64, rng):
+    x, y = images((2, 3, 64, 64), rng), images((2, 3, 64, 64), rng)
+    torch.testing.assert_close(metric64(x, y), metric64(y, x), rtol=0, atol=1e-12)
+
+
+def test_reductions(rng):
+    x, y = images((3, 3, 32, 32), rng), images((3, 3, 32, 32), rng)
+    per_image = msds.MSDS(levels=2, weights=None).double()(x, y)
+    assert per_image.shape == (3,)
+    mean = msds.MSDS(levels=2, weights=None, reduction="mean").double()(x, y)
+    total = msds.MSDS(levels=2, weights=None, reduction="sum").double()(x, y)
+    loss = msds.MSDS(levels=2, weights=None, as_loss=True).double()(x, y)
+    torch.testing.assert_close(mean, per_image.mean())
+    torch.testing.assert_close(total, per_image.sum())
+    torch.testing.assert_close(loss, 1 - per_image.mean())
+
+
+def test_float32_module_casts_float64_images_and_agrees(rng):
+    x, y = images((1, 3, 32, 32), rng), images((1, 3, 32, 32), rng)
+    model32 = msds.MSDS(levels=2, weights=None)
+    model64 = msds.MSDS(levels=2, weights=None).double()
+    got = model32.level_scores(x.float(), y.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), model64.level_scores(x, y), rtol=0, atol=1e-4)
+
+
+def test_loss_trains_the_prediction_and_nothing_else(rng):
+    loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True)
+    target = images((2, 3, 32, 32), rng, torch.float32)
+    pred = (target + 0.2 * torch.rand(target.shape, generator=rng)).clamp(0, 1).requires_grad_()
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    optimiser = torch.optim.SGD([pred], lr=50.0)
+    losses = []
+    for _ in range(5):
+        optimiser.zero_grad()
+        loss = loss_fn(pred, target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in loss_fn.parameters())
+    assert not any(p.requires_grad for p in loss_fn.parameters())
+    for key, value in loss_fn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_gradient_for_one_input_only(rng):
+    model = msds.MSDS(levels=2, weights=None, as_loss=True).double()
+    x = images((2, 3, 32, 32), rng).requires_grad_()
+    y = images((2, 3, 32, 32), rng).requires_grad_(False)
+    model(x, y).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and y.grad is None
+    # The same gradient as when both images share one trunk pass.
+    x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    model(x2, y2).backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_fit_fusion_gives_logits_gradients(rng):
+    model = msds.MSDS(levels=2, weights=None, fit_fusion=True).double()
+    x, y = images((2, 3, 32, 32), rng), images((2, 3, 32, 32), rng)
+    model(x, y).sum().backward()
+    assert model.fusion_logits.grad is not None and model.fusion_logits.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.trunk.parameters())
+
+
+def test_trunk_stays_in_eval_mode():
+    model = msds.MSDS(levels=1, weights=None).train()
+    assert model.training and not model.trunk.training
+
+
+def test_precomputed_reference_gives_the_same_scores(metric64, rng):
+    x, y = images((3, 3, 64, 64), rng), images((1, 3, 64, 64), rng)
+    ref = metric64.precompute(y)
+    expected = metric64.level_scores(x, y.expand(3, -1, -1, -1))
+    torch.testing.assert_close(metric64.level_scores(x, ref), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="precomputed reference"):
+        metric64.level_scores(images((1, 3, 64, 80), rng), ref)
+
+
+def test_gradcheck_through_the_module_float64(rng):
+    model = msds.MSDS(levels=2, weights=None).double()
+    x = images((1, 3, 32, 32), rng).requires_grad_()
+    y = images((1, 3, 32, 32), rng)
+    assert torch.autograd.gradcheck(lambda a: model(a, y), (x,), fast_mode=True)
+
+
+def test_deepssim_matches_oracle_and_msds_level_zero(rng):
+    model = msds.DeepSSIM(weights=None).double()
+    x, y = images((2, 3, 35, 48), rng), images((2, 3, 35, 48), rng)
+    state = model.trunk.trunk_state_dict()
+    expected = deepssim_head(trunk_np(x, state), trunk_np(y, state))
+    np.testing.assert_allclose(model(x, y).numpy(), expected, rtol=0, atol=1e-10)
+    ms = msds.MSDS(levels=1, weights=None).double()
+    torch.testing.assert_close(ms(x, y), model(x, y), rtol=0, atol=1e-14)
+
+
+def test_deepssim_saliency_masks(rng):
+    model = msds.DeepSSIM(weights=None).double()
+    x, y = images((2, 3, 32, 32), rng), images((2, 3, 32, 32), rng)
+    mask_x = (torch.rand(2, 1, 32, 32, generator=rng) > 0.4).double()
+    mask_y = (torch.rand(2, 32, 32, generator=rng) > 0.4).double()
+    state = model.trunk.trunk_state_dict()
+    expected = deepssim_head(trunk_np(x, state, mask_x), trunk_np(y, state, mask_y[:, None]))
+    np.testing.assert_allclose(model(x, y, mask_x, mask_y).numpy(), expected, rtol=0, atol=1e-10)
+    # One mask only: the other image is unmasked; the two code paths agree.
+    expected_one = deepssim_head(trunk_np(x, state, mask_x), trunk_np(y, state))
+    np.testing.assert_allclose(model(x, y, mask_x=mask_x).numpy(), expected_one, rtol=0, atol=1e-10)
+    x.requires_grad_()
+    np.testing.assert_allclose(model(x, y, mask_x=mask_x).detach().numpy(), expected_one, rtol=0, atol=1e-10)
+
+
+def test_deepssim_lite_loss(rng):
+    model = msds.DeepSSIM(weights=None, lite=True, as_loss=True).double()
+    x, y = images((2, 3, 32, 40), rng), images((2, 3, 32, 40), rng)
+    state = model.trunk.trunk_state_dict()
+    expected = 1 - lite_head(trunk_np(x, state), trunk_np(y, state)).mean()
+    np.testing.assert_allclose(model(x, y).item(), expected, rtol=0, atol=1e-10)
