@@ -13,6 +13,7 @@ import torch
 
 BACKENDS = ("auto", "reference", "triton")
 REDUCTIONS = ("none", "mean", "sum")
+PRECISIONS = ("tf32x3", "ieee", "tf32")  # kernel dot precisions for float32 features
 
 
 def describe(value: object) -> str:

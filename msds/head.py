@@ -14,32 +14,36 @@ import torch
 
 from msds import _checks, reference
 
-HeadFn = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], float], torch.Tensor]
+HeadFn = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], float, str], torch.Tensor]
+
+
+def _reference_head(fxs: Sequence[torch.Tensor], fys: Sequence[torch.Tensor], eps: float, precision: str) -> torch.Tensor:
+    return reference.multiscale_scores(fxs, fys, eps)  # always exact fp32 / fp64 products
 
 
 def _load_triton_head() -> tuple[Optional[HeadFn], str]:
     """The Triton head and '' if it can be used, else None and the reason."""
     try:
-        from msds.kernels import dispatch
+        from msds.kernels import ops
     except ImportError as err:  # triton missing or broken
         return None, f"the Triton kernels could not be imported ({err})"
-    return dispatch.multiscale_scores, ""
+    return ops.multiscale_scores, ""
 
 
 def select_head(backend: str, device: torch.device) -> HeadFn:
     """The head implementation for `backend` and tensors on `device`."""
     _checks.check_choice("backend", backend, _checks.BACKENDS)
     if backend == "reference" or (backend == "auto" and device.type != "cuda"):
-        return reference.multiscale_scores
+        return _reference_head
     head, reason = _load_triton_head()
     if head is None:
         if backend == "auto":
-            return reference.multiscale_scores
+            return _reference_head
         raise RuntimeError(f"backend='triton' cannot run: {reason}")
     if device.type != "cuda":
-        from msds.kernels import dispatch
+        from msds.kernels import ops
 
-        if not dispatch.INTERPRETED:
+        if not ops.INTERPRETED:
             raise RuntimeError(
                 f"backend='triton' on {device.type} tensors needs the Triton interpreter: set the "
                 "environment variable TRITON_INTERPRET=1 before triton is first imported"
@@ -53,6 +57,7 @@ def multiscale_gram_ssim(
     *,
     eps: float = 1e-6,
     backend: str = "auto",
+    precision: str = "tf32x3",
 ) -> torch.Tensor:
     """DeepSSIM head scores for every pyramid level at once.
 
@@ -63,12 +68,17 @@ def multiscale_gram_ssim(
         eps: the stabilising constant c of the tile score.
         backend: "auto" (Triton kernels for CUDA tensors when triton imports,
             the reference otherwise), "reference" or "triton".
+        precision: the Triton kernels' dot precision for float32 features:
+            "tf32x3" (default) and "ieee" are fp32-accurate, "tf32" is faster
+            and rounds products to TF32 (see README, "Precision"). The
+            reference always multiplies in full fp32 / fp64.
 
     Returns:
         (B, L) scores, float64 for float64 features and float32 otherwise.
         1 means identical Gram structure; higher is more similar.
     """
     eps = _checks.check_eps(eps)
+    _checks.check_choice("precision", precision, _checks.PRECISIONS)
     for name, value in (("fxs", fxs), ("fys", fys)):
         if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) == 0:
             raise TypeError(
@@ -85,7 +95,7 @@ def multiscale_gram_ssim(
                 f"({_checks.describe(first)}), got {_checks.describe(fx)}"
             )
     head = select_head(backend, fxs[0].device)
-    return head(list(fxs), list(fys), eps)
+    return head(list(fxs), list(fys), eps, precision)
 
 
 def gram_ssim(
@@ -94,17 +104,18 @@ def gram_ssim(
     *,
     eps: float = 1e-6,
     backend: str = "auto",
+    precision: str = "tf32x3",
 ) -> torch.Tensor:
     """DeepSSIM head score for one level of feature maps.
 
     Args:
         fx, fy: feature maps (B, C, h, w) of the two images, C a multiple of 4.
         eps: the stabilising constant c of the tile score.
-        backend: "auto", "reference" or "triton" (see multiscale_gram_ssim).
+        backend, precision: see multiscale_gram_ssim.
 
     Returns:
         (B,) mean over the 4x4 tiles of the two Gram matrices of
         (2 cov + c) / (var_x + var_y + c); 1 for identical features.
     """
     _checks.check_feature_pair("fx", fx, "fy", fy)
-    return multiscale_gram_ssim([fx], [fy], eps=eps, backend=backend)[:, 0]
+    return multiscale_gram_ssim([fx], [fy], eps=eps, backend=backend, precision=precision)[:, 0]

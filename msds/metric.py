@@ -53,6 +53,7 @@ class _DeepFeatureMetric(nn.Module):
         check_range: Optional[bool],
         eps: float,
         backend: str,
+        precision: str,
     ) -> None:
         super().__init__()
         self.as_loss = bool(as_loss)
@@ -63,6 +64,7 @@ class _DeepFeatureMetric(nn.Module):
         self.check_range = (not self.as_loss) if check_range is None else bool(check_range)
         self.eps = _checks.check_eps(eps)
         self.backend = _checks.check_choice("backend", backend, _checks.BACKENDS)
+        self.precision = _checks.check_choice("precision", precision, _checks.PRECISIONS)
         self.trunk = VGG16Trunk(weights)
 
     @property
@@ -131,6 +133,8 @@ class MSDS(_DeepFeatureMetric):
             as_loss, where every weight is frozen).
         eps: the constant c of the tile score.
         backend: head implementation, "auto", "reference" or "triton".
+        precision: the kernels' dot precision for float32 features, "tf32x3"
+            (default, fp32-accurate), "ieee" or "tf32" (faster; see README).
 
     The fused score is sum_l softmax(fusion_logits)_l * S_l; the logits start
     at zero (uniform weights). 1 means identical; higher is more similar.
@@ -147,8 +151,9 @@ class MSDS(_DeepFeatureMetric):
         fit_fusion: bool = False,
         eps: float = 1e-6,
         backend: str = "auto",
+        precision: str = "tf32x3",
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision)
         self.levels = _checks.check_levels(levels)
         if fit_fusion and as_loss:
             raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
@@ -204,7 +209,7 @@ class MSDS(_DeepFeatureMetric):
         else:
             _checks.check_images(x, y, self.levels, self.check_range)
             fxs, fys = self._pair_features(image_pyramid(x, self.levels), image_pyramid(y, self.levels))
-        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=self.backend)
+        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=self.backend, precision=self.precision)
 
     def fuse(self, level_scores: torch.Tensor) -> torch.Tensor:
         """(B, L) level scores -> (B,) fused scores."""
@@ -220,7 +225,7 @@ class DeepSSIM(_DeepFeatureMetric):
     """DeepSSIM: Gram-matrix structural similarity of VGG16 relu5_1 features.
 
     Args:
-        weights, as_loss, reduction, check_range, eps, backend: as for MSDS.
+        weights, as_loss, reduction, check_range, eps, backend, precision: as for MSDS.
         lite: the DeepSSIM-Lite variant meant for optimisation: the Gram
             divided by C*h*w and one global tile over the whole C x C matrix
             (always computed by the reference head; it is cheap). Use it with
@@ -244,8 +249,9 @@ class DeepSSIM(_DeepFeatureMetric):
         check_range: Optional[bool] = None,
         eps: float = 1e-6,
         backend: str = "auto",
+        precision: str = "tf32x3",
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision)
         self.lite = bool(lite)
 
     def extra_repr(self) -> str:
@@ -267,7 +273,7 @@ class DeepSSIM(_DeepFeatureMetric):
         (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
         if self.lite:
             return reference.lite_level_score(fx, fy, self.eps)
-        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=self.backend)[:, 0]
+        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=self.backend, precision=self.precision)[:, 0]
 
     def forward(
         self,
