@@ -1,57 +1,121 @@
 """Fused DeepSSIM head: Gram tiles and 4x4-tile statistics for every level at once.
 
-Layout. The feature maps of all pyramid levels are laid end to end along the
-position axis K, so one tensor (B, C, K_total) per image holds every level;
-level l occupies positions [k_start[l], k_start[l] + k_len[l]).
-
 Work split. One program owns one (image, level) pair and one block pair
-(bi, bj) with bi <= bj of the C x C Gram matrix, cut into BLOCK_C x BLOCK_C
+(bi, bj), bi <= bj, of the C x C Gram matrix cut into BLOCK_C x BLOCK_C
 blocks. A tile's statistics do not change under transposition and tile (i, j)
 of a Gram matrix is the transpose of tile (j, i), so only the upper triangle
 of blocks is computed and off-diagonal blocks count twice. The program forms
 both images' Gram blocks with tl.dot, reduces every 4x4 tile to its centred
-statistics in registers, and writes one partial sum of tile scores. Nothing
+statistics in registers and writes one partial sum of tile scores. Nothing
 Gram-sized reaches memory; partials are summed once afterwards, so results
 are deterministic (no atomics).
+
+Levels. Each level's feature maps stay where the trunk wrote them (copying
+them into one buffer would cost as much memory as the features): the kernel
+takes up to MAX_LEVELS pointers per image and picks its level's at run time.
+Strides and lengths come from a small table; the layout (positions or
+channels contiguous) is a compile-time flag so the loads vectorise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 TILE = 4
+MAX_LEVELS = 6
+META_COLUMNS = 7  # k_len, then batch / channel / position strides of x and of y
+
+# Dot precisions for float32 features: "ieee" and "tf32x3" are fp32-accurate,
+# "tf32" rounds the operands to 10-bit mantissas (faster, opt-in).
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@triton.jit
+def _pick(level, p0, p1, p2, p3, p4, p5):
+    """Argument number `level` (pointer arguments cannot be indexed)."""
+    p = p0
+    if level == 1:
+        p = p1
+    elif level == 2:
+        p = p2
+    elif level == 3:
+        p = p3
+    elif level == 4:
+        p = p4
+    elif level == 5:
+        p = p5
+    return p
+
+
+@triton.jit
+def _load_panel(
+    base, rows, k, C, k_len, stride_c, stride_k,
+    MASK_C: tl.constexpr, MASK_K: tl.constexpr, LAYOUT: tl.constexpr,
+):
+    """Features [rows, k] of one map; zeros past C channels and past the level's end.
+
+    LAYOUT 0: positions contiguous (NCHW), 1: channels contiguous
+    (channels_last), 2: any strides. Known unit strides let loads vectorise.
+    """
+    if LAYOUT == 0:
+        offsets = rows[:, None] * stride_c + k[None, :]
+    elif LAYOUT == 1:
+        offsets = rows[:, None] + k[None, :] * stride_k
+    else:
+        offsets = rows[:, None] * stride_c + k[None, :] * stride_k
+    if MASK_C and MASK_K:
+        return tl.load(base + offsets, mask=(rows[:, None] < C) & (k[None, :] < k_len), other=0.0)
+    elif MASK_C:
+        return tl.load(base + offsets, mask=(rows[:, None] < C) & (k[None, :] >= 0), other=0.0)
+    elif MASK_K:
+        return tl.load(base + offsets, mask=(rows[:, None] >= 0) & (k[None, :] < k_len), other=0.0)
+    else:
+        return tl.load(base + offsets)
+
+
+@triton.jit
+def _gram_step(
+    gx, gy, x_base, y_base, rows, cols, k, C, k_len, sxc, sxk, syc, syk,
+    MASK_C: tl.constexpr, MASK_K: tl.constexpr, LAYOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Add one chunk of positions to both Gram blocks."""
+    a = _load_panel(x_base, rows, k, C, k_len, sxc, sxk, MASK_C, MASK_K, LAYOUT)
+    c = _load_panel(x_base, cols, k, C, k_len, sxc, sxk, MASK_C, MASK_K, LAYOUT)
+    gx = tl.dot(a, tl.trans(c), gx, input_precision=PRECISION)
+    a = _load_panel(y_base, rows, k, C, k_len, syc, syk, MASK_C, MASK_K, LAYOUT)
+    c = _load_panel(y_base, cols, k, C, k_len, syc, syk, MASK_C, MASK_K, LAYOUT)
+    gy = tl.dot(a, tl.trans(c), gy, input_precision=PRECISION)
+    return gx, gy
 
 
 @triton.jit
 def _gram_blocks(
-    x_ptr, y_ptr, b, bi, bj, k_start, k_len, C,
-    sxb, sxc, sxk, syb, syc, syk,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
+    PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Blocks (bi, bj) of both Gram matrices, BLOCK_C x BLOCK_C in ACC precision."""
+    """Blocks (bi, bj) of both Gram matrices, BLOCK_C x BLOCK_C in ACC precision.
+
+    Whole chunks of positions load without a mask; the last partial chunk
+    of the level is masked.
+    """
     rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
     cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
     ks = tl.arange(0, BLOCK_K)
-    x_base = x_ptr + b.to(tl.int64) * sxb
-    y_base = y_ptr + b.to(tl.int64) * syb
     gx = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
     gy = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
-    for k0 in range(0, k_len, BLOCK_K):
-        k = k0 + ks
-        k_abs = (k_start + k).to(tl.int64)
-        row_mask = (rows[:, None] < C) & (k[None, :] < k_len)
-        col_mask = (k[:, None] < k_len) & (cols[None, :] < C)
-        xr = tl.load(x_base + rows[:, None] * sxc + k_abs[None, :] * sxk, mask=row_mask, other=0.0)
-        xc = tl.load(x_base + cols[None, :] * sxc + k_abs[:, None] * sxk, mask=col_mask, other=0.0)
-        gx = tl.dot(xr, xc, gx, input_precision=PRECISION)
-        yr = tl.load(y_base + rows[:, None] * syc + k_abs[None, :] * syk, mask=row_mask, other=0.0)
-        yc = tl.load(y_base + cols[None, :] * syc + k_abs[:, None] * syk, mask=col_mask, other=0.0)
-        gy = tl.dot(yr, yc, gy, input_precision=PRECISION)
+    k_whole = k_len - k_len % BLOCK_K
+    for k0 in range(0, k_whole, BLOCK_K):
+        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k0 + ks, C, k_len, sxc, sxk, syc, syk,
+                            not EVEN_C, False, LAYOUT, PRECISION)
+    if k_whole < k_len:
+        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k_whole + ks, C, k_len, sxc, sxk, syc, syk,
+                            not EVEN_C, True, LAYOUT, PRECISION)
     return gx, gy
 
 
@@ -62,73 +126,12 @@ def _tile_sum(v, NT: tl.constexpr):
 
 
 @triton.jit
-def _tile_scores(gx, gy, eps, BLOCK_C: tl.constexpr):
-    """Score (2 cov + eps) / (var_x + var_y + eps) of every 4x4 tile of a block pair.
+def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr):
+    """Centred tile entries of both blocks and each tile's score.
 
     Statistics are taken on centred entries: Gram entries are large and
-    positive, so E[x^2] - E[x]^2 would cancel catastrophically.
-    """
-    NT: tl.constexpr = BLOCK_C // 4
-    ax = tl.reshape(gx, (NT, 4, NT, 4))
-    ay = tl.reshape(gy, (NT, 4, NT, 4))
-    dx = ax - (_tile_sum(ax, NT) / 16)[:, None, :, None]
-    dy = ay - (_tile_sum(ay, NT) / 16)[:, None, :, None]
-    var_x = _tile_sum(dx * dx, NT) / 16
-    var_y = _tile_sum(dy * dy, NT) / 16
-    cov = _tile_sum(dx * dy, NT) / 16
-    return (2 * cov + eps) / (var_x + var_y + eps)
-
-
-@triton.jit
-def _gram_ssim_forward_kernel(
-    x_ptr,        # (B, C, K_total) features of image x, all levels end to end along K
-    y_ptr,        # (B, C, K_total) features of image y
-    k_start_ptr,  # (L,) int32 first position of each level
-    k_len_ptr,    # (L,) int32 number of positions of each level
-    pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
-    partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
-    eps_ptr,      # (1,) the constant c in ACC dtype (a float64 c would be rounded as a scalar)
-    C, L, T,
-    sxb, sxc, sxk, syb, syc, syk,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-):
-    t = tl.program_id(0)
-    image_level = tl.program_id(1)
-    b = image_level // L
-    level = image_level % L
-    bi = tl.load(pairs_ptr + 2 * t)
-    bj = tl.load(pairs_ptr + 2 * t + 1)
-    k_start = tl.load(k_start_ptr + level)
-    k_len = tl.load(k_len_ptr + level)
-    eps = tl.load(eps_ptr)
-    gx, gy = _gram_blocks(
-        x_ptr, y_ptr, b, bi, bj, k_start, k_len, C, sxb, sxc, sxk, syb, syc, syk,
-        BLOCK_C, BLOCK_K, PRECISION, ACC,
-    )
-    scores = _tile_scores(gx, gy, eps, BLOCK_C)
-    # Tiles past C (C is a multiple of 4, not of BLOCK_C) are padding.
-    NT: tl.constexpr = BLOCK_C // 4
-    tile_rows = bi * BLOCK_C + 4 * tl.arange(0, NT)
-    tile_cols = bj * BLOCK_C + 4 * tl.arange(0, NT)
-    valid = (tile_rows[:, None] < C) & (tile_cols[None, :] < C)
-    total = tl.sum(tl.sum(tl.where(valid, scores, 0.0), axis=1), axis=0)
-    weight = tl.where(bi == bj, 1.0, 2.0)
-    tl.store(partial_ptr + image_level * T + t, total * weight)
-
-
-@triton.jit
-def _untile(v, BLOCK_C: tl.constexpr):
-    """(NT, 4, NT, 4) -> (BLOCK_C, BLOCK_C)."""
-    return tl.reshape(v, (BLOCK_C, BLOCK_C))
-
-
-@triton.jit
-def _tile_score_grads(gx, gy, eps, scale, BLOCK_C: tl.constexpr):
-    """d(scale * tile score)/d(Gram entry) for both Gram blocks.
-
-    For a tile of n = 16 entries a (from Gx) and b (from Gy), with
-    N = 2 cov + eps, D = var_a + var_b + eps and s = N / D:
-    ds/da_k = 2 / (n D) * ((b_k - mb) - s (a_k - ma)), and symmetrically for b.
+    positive, so E[x^2] - E[x]^2 would cancel catastrophically. Returns
+    dx, dy (NT, 4, NT, 4), the score (2 cov + eps) / D and D = var_x + var_y + eps.
     """
     NT: tl.constexpr = BLOCK_C // 4
     ax = tl.reshape(gx, (NT, 4, NT, 4))
@@ -139,91 +142,138 @@ def _tile_score_grads(gx, gy, eps, scale, BLOCK_C: tl.constexpr):
     var_y = _tile_sum(dy * dy, NT) / 16
     cov = _tile_sum(dx * dy, NT) / 16
     denom = var_x + var_y + eps
-    score = (2 * cov + eps) / denom
-    factor = (scale * 2 / (16 * denom))[:, None, :, None]
-    s4 = score[:, None, :, None]
-    grad_x = _untile(factor * (dy - s4 * dx), BLOCK_C)
-    grad_y = _untile(factor * (dx - s4 * dy), BLOCK_C)
-    return grad_x, grad_y
+    return dx, dy, (2 * cov + eps) / denom, denom
+
+
+@triton.jit
+def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
+    """This level's feature bases for image b, its length and strides."""
+    row = meta_ptr + level * 7
+    k_len = tl.load(row).to(tl.int32)
+    x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
+    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 4)
+    sxc = tl.load(row + 2).to(tl.int32)
+    sxk = tl.load(row + 3).to(tl.int32)
+    syc = tl.load(row + 5).to(tl.int32)
+    syk = tl.load(row + 6).to(tl.int32)
+    return x_base, y_base, k_len, sxc, sxk, syc, syk
+
+
+@triton.jit
+def _gram_ssim_forward_kernel(
+    x0, x1, x2, x3, x4, x5,  # per-level features of image x, (B, C, h_l, w_l); unused levels repeat x0
+    y0, y1, y2, y3, y4, y5,  # per-level features of image y
+    meta_ptr,     # (L, 7) int64: k_len, x strides (b, c, k), y strides (b, c, k) per level
+    pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
+    partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
+    eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
+    C, L, T,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
+    PRECISION: tl.constexpr, ACC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    image_level = tl.program_id(1)
+    b = image_level // L
+    level = image_level % L
+    bi = tl.load(pairs_ptr + 2 * t)
+    bj = tl.load(pairs_ptr + 2 * t + 1)
+    x_base, y_base, k_len, sxc, sxk, syc, syk = _level_setup(
+        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
+    gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
+                          BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, PRECISION, ACC)
+    _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C)
+    # Tiles past C (a multiple of 4, not of BLOCK_C) are padding.
+    NT: tl.constexpr = BLOCK_C // 4
+    tile_rows = bi * BLOCK_C + 4 * tl.arange(0, NT)
+    tile_cols = bj * BLOCK_C + 4 * tl.arange(0, NT)
+    valid = (tile_rows[:, None] < C) & (tile_cols[None, :] < C)
+    total = tl.sum(tl.sum(tl.where(valid, scores, 0.0), axis=1), axis=0)
+    weight = tl.where(bi == bj, 1.0, 2.0)
+    tl.store(partial_ptr + image_level * T + t, total * weight)
 
 
 @triton.jit
 def _accumulate_rows(
-    grad_ptr, f_ptr, gbar, b, rows, cols, k_start, k_len, C, bj,
-    sfb, sfc, sfk, sgb, sgc, sgk,
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    out_base, f_base, gbar, bi, bj, k_len, C, stride_c, stride_k,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    """grad[rows, level] (+)= 2 * gbar @ F[cols, level], chunk by chunk along K.
+    """out[rows bi] (+)= 2 * gbar @ F[rows bj], chunk by chunk along the level.
 
-    The program owns these output rows, so plain loads and stores suffice;
-    the first column block (bj == 0) writes instead of adding. Features are
-    upcast to gbar's precision: gbar is far too small and varied for 16 bits.
+    `out` is this level's contiguous (C, k_len) gradient for one image. The
+    program owns these rows, so plain loads and stores suffice; the first
+    column block (bj == 0) writes instead of adding. Features are upcast to
+    gbar's precision: gbar is far too small and varied for 16 bits.
     """
+    rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
     ks = tl.arange(0, BLOCK_K)
-    f_base = f_ptr + b.to(tl.int64) * sfb
-    g_base = grad_ptr + b.to(tl.int64) * sgb
     gbar2 = 2 * gbar
     for k0 in range(0, k_len, BLOCK_K):
         k = k0 + ks
-        k_abs = (k_start + k).to(tl.int64)
-        f = tl.load(f_base + cols[:, None] * sfc + k_abs[None, :] * sfk,
-                    mask=(cols[:, None] < C) & (k[None, :] < k_len), other=0.0).to(gbar.dtype)
+        f = _load_panel(f_base, cols, k, C, k_len, stride_c, stride_k, not EVEN_C, True, LAYOUT).to(gbar.dtype)
+        out_offsets = rows[:, None] * k_len + k[None, :]
         out_mask = (rows[:, None] < C) & (k[None, :] < k_len)
-        out_ptr = g_base + rows[:, None] * sgc + k_abs[None, :] * sgk
-        acc = tl.load(out_ptr, mask=out_mask & (bj > 0), other=0.0)
+        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=gbar.dtype)
+        if bj > 0:
+            acc = tl.load(out_base + out_offsets, mask=out_mask, other=0.0)
         acc = tl.dot(gbar2, f, acc, input_precision=PRECISION)
-        tl.store(out_ptr, acc, mask=out_mask)
+        tl.store(out_base + out_offsets, acc, mask=out_mask)
 
 
 @triton.jit
 def _gram_ssim_backward_kernel(
-    x_ptr,        # (B, C, K_total) features of image x, all levels end to end along K
-    y_ptr,        # (B, C, K_total) features of image y
-    k_start_ptr,  # (L,) int32 first position of each level
-    k_len_ptr,    # (L,) int32 number of positions of each level
-    grad_ptr,     # (B, L) upstream gradient of the scores, ACC dtype
-    gx_ptr,       # (B, C, K_total) ACC-dtype gradient for x (written when NEED_X)
-    gy_ptr,       # (B, C, K_total) ACC-dtype gradient for y (written when NEED_Y)
+    x0, x1, x2, x3, x4, x5,        # per-level features of image x
+    y0, y1, y2, y3, y4, y5,        # per-level features of image y
+    gx0, gx1, gx2, gx3, gx4, gx5,  # per-level contiguous ACC-dtype gradients for x (when NEED_X)
+    gy0, gy1, gy2, gy3, gy4, gy5,  # per-level contiguous ACC-dtype gradients for y (when NEED_Y)
+    meta_ptr,     # (L, 7) int64: k_len, x strides, y strides per level
+    grad_ptr,     # (B, L) upstream gradient of the scores divided by the tile count, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype
-    C, L, NB, inv_tiles,
-    sxb, sxc, sxk, syb, syc, syk, sgb, sgc, sgk,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    GRAD_PRECISION: tl.constexpr, NEED_X: tl.constexpr, NEED_Y: tl.constexpr,
+    C, L, NB,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
+    PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_Y: tl.constexpr,
 ):
-    """One program owns row block bi of one (image, level): it sweeps every
+    """One program owns row block bi of one (image, level). It sweeps every
     column block bj, recomputes both Gram blocks (bi, bj) and their tile
     statistics, and adds 2 * dScore/dG[bi, bj] @ F[bj] to its own rows of
-    dScore/dF. Nothing is shared between programs: no atomics, no scratch."""
+    dScore/dF (dG is symmetric, so d/dF = (dG + dG^T) F = 2 dG F). Programs
+    share nothing: no atomics and no scratch.
+
+    For a tile of n = 16 entries a (from Gx) and b (from Gy), with
+    D = var_a + var_b + eps and s its score:
+    ds/da_k = 2 / (n D) * ((b_k - mb) - s (a_k - ma)), and symmetrically for b.
+    """
     bi = tl.program_id(0)
     image_level = tl.program_id(1)
     b = image_level // L
     level = image_level % L
-    k_start = tl.load(k_start_ptr + level)
-    k_len = tl.load(k_len_ptr + level)
+    x_base, y_base, k_len, sxc, sxk, syc, syk = _level_setup(
+        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
+    out_offset = b.to(tl.int64) * C * k_len
+    gx_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + out_offset
+    gy_base = _pick(level, gy0, gy1, gy2, gy3, gy4, gy5) + out_offset
     eps = tl.load(eps_ptr)
-    scale = tl.load(grad_ptr + image_level).to(ACC) * inv_tiles
-    NT: tl.constexpr = BLOCK_C // 4
+    scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
     for bj in range(0, NB):
-        gx, gy = _gram_blocks(
-            x_ptr, y_ptr, b, bi, bj, k_start, k_len, C, sxb, sxc, sxk, syb, syc, syk,
-            BLOCK_C, BLOCK_K, PRECISION, ACC,
-        )
-        grad_x, grad_y = _tile_score_grads(gx, gy, eps, scale, BLOCK_C)
+        gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
+                              BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, PRECISION, ACC)
+        dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C)
+        factor = (scale * 2 / (16 * denom))[:, None, :, None]
+        s4 = score[:, None, :, None]
         cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
         # Entries past C belong to padding tiles and must not contribute.
         valid = (rows[:, None] < C) & (cols[None, :] < C)
         if NEED_X:
-            _accumulate_rows(gx_ptr, x_ptr, tl.where(valid, grad_x, 0.0), b, rows, cols, k_start, k_len, C, bj,
-                             sxb, sxc, sxk, sgb, sgc, sgk, BLOCK_K, GRAD_PRECISION)
+            gbar = tl.where(valid, tl.reshape(factor * (dy - s4 * dx), (BLOCK_C, BLOCK_C)), 0.0)
+            _accumulate_rows(gx_base, x_base, gbar, bi, bj, k_len, C, sxc, sxk,
+                             BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, GRAD_PRECISION)
         if NEED_Y:
-            _accumulate_rows(gy_ptr, y_ptr, tl.where(valid, grad_y, 0.0), b, rows, cols, k_start, k_len, C, bj,
-                             syb, syc, syk, sgb, sgc, sgk, BLOCK_K, GRAD_PRECISION)
-
-
-# Dot precisions for float32 features: "ieee" and "tf32x3" are fp32-accurate,
-# "tf32" rounds the operands to 10-bit mantissas (faster, opt-in).
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+            gbar = tl.where(valid, tl.reshape(factor * (dx - s4 * dy), (BLOCK_C, BLOCK_C)), 0.0)
+            _accumulate_rows(gy_base, y_base, gbar, bi, bj, k_len, C, syc, syk,
+                             BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, GRAD_PRECISION)
 
 
 @dataclass(frozen=True)
@@ -237,22 +287,13 @@ class Config:
 def pick_config(channels: int, dtype: torch.dtype) -> Config:
     """Block sizes by a fixed rule, so a shape always runs the same program.
 
-    BLOCK_C is the smallest power of two >= 16 (tl.dot's minimum) covering C,
-    capped at 64: a 64 x 64 fp32 accumulator per image keeps the two Gram
-    blocks and their centred copies within the registers of 4 warps.
+    BLOCK_C is the largest of 64, 32, 16 that divides C, else 16 with the
+    last block masked (16 is tl.dot's minimum; masking a larger block costs
+    registers the Gram accumulators need). BLOCK_K holds 64 bytes of a row.
     """
-    block_c = min(64, max(16, triton.next_power_of_2(channels)))
-    block_k = 32 if dtype in (torch.float32, torch.float64) else 64
-    if dtype == torch.float64:
-        block_k = 16
-    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=2)
-
-
-def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tensor:
-    """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj."""
-    blocks = triton.cdiv(channels, block_c)
-    pairs = [(i, j) for i in range(blocks) for j in range(i, blocks)]
-    return torch.tensor(pairs, dtype=torch.int32, device=device)
+    block_c = next((size for size in (64, 32) if channels % size == 0), 16)
+    block_k = {torch.float64: 16, torch.float32: 32}.get(dtype, 64)
+    return Config(block_c=block_c, block_k=block_k, num_warps=8 if block_c >= 64 else 4, num_stages=2)
 
 
 def gram_precision(dtype: torch.dtype, precision: str) -> str:
@@ -265,7 +306,7 @@ def gram_precision(dtype: torch.dtype, precision: str) -> str:
 
 
 def gradient_precision(dtype: torch.dtype, precision: str) -> str:
-    """Dot precision of dScore/dG @ F, whose operands are always upcast to fp32/fp64.
+    """Dot precision of dScore/dG @ F, whose operands are upcast to fp32 / fp64.
 
     16-bit features are exact in TF32, but dScore/dG is not, hence tf32x3.
     """
@@ -278,43 +319,80 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tensor:
+    """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj."""
+    blocks = triton.cdiv(channels, block_c)
+    pairs = [(i, j) for i in range(blocks) for j in range(i, blocks)]
+    return torch.tensor(pairs, dtype=torch.int32, device=device)
+
+
+def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """(B, C, h, w) maps as (B, C, h*w): views for NCHW and channels_last maps."""
+    return [f.flatten(2) for f in features]
+
+
+def layout_of(flats: Sequence[torch.Tensor]) -> int:
+    """0 if positions are contiguous in every map, 1 if channels are, else 2."""
+    if all(f.stride(2) == 1 or f.shape[2] == 1 for f in flats):
+        return 0
+    if all(f.stride(1) == 1 for f in flats):
+        return 1
+    return 2
+
+
+def level_table(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(L, 7) int64: each level's length and the x and y strides (b, c, k)."""
+    rows = [[x.shape[2], *x.stride(), *y.stride()] for x, y in zip(xs, ys)]
+    for x in list(xs) + list(ys):
+        extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
+        if extent >= 2**31:
+            raise ValueError(f"feature maps of shape {tuple(x.shape)} are too large for 32-bit offsets per image")
+    return torch.tensor(rows, dtype=torch.int64, device=xs[0].device)
+
+
+def padded(tensors: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
+    """Pad a per-level list to MAX_LEVELS arguments by repeating the first."""
+    return list(tensors) + [tensors[0]] * (MAX_LEVELS - len(tensors))
+
+
+def check_levels(levels: int) -> None:
+    if not 1 <= levels <= MAX_LEVELS:
+        raise ValueError(f"the Triton head takes 1 to {MAX_LEVELS} levels, got {levels}")
+
+
 def gram_ssim_forward(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    k_starts: Tuple[int, ...],
-    k_lens: Tuple[int, ...],
-    eps: float,
-    precision: str = "tf32x3",
+    xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], eps: float, precision: str = "tf32x3"
 ) -> torch.Tensor:
-    """Launch the forward kernel on packed features.
+    """Launch the forward kernel over every level at once.
 
     Args:
-        x, y: (B, C, K_total) features of both images, levels end to end
-            along K; any strides.
-        k_starts, k_lens: first position and length of each level.
+        xs, ys: per-level feature maps (B, C, h_l, w_l) of both images; any
+            strides (maps that do not flatten to (B, C, h*w) are copied).
         eps: the tile score's constant c.
-        precision: dot precision for float32 inputs (see PRECISIONS).
+        precision: dot precision for float32 features (see PRECISIONS).
 
     Returns:
         (B, L) mean tile scores, float64 for float64 inputs, float32 otherwise.
     """
-    batch, channels, _ = x.shape
-    levels = len(k_starts)
-    config = pick_config(channels, x.dtype)
-    acc = accumulator_dtype(x.dtype)
-    pairs = block_pairs(channels, config.block_c, x.device)
-    partials = torch.empty(batch * levels, pairs.shape[0], dtype=acc, device=x.device)
-    k_start = torch.tensor(k_starts, dtype=torch.int32, device=x.device)
-    k_len = torch.tensor(k_lens, dtype=torch.int32, device=x.device)
-    eps_t = torch.tensor([eps], dtype=acc, device=x.device)
-    grid = (pairs.shape[0], batch * levels)
-    _gram_ssim_forward_kernel[grid](
-        x, y, k_start, k_len, pairs, partials, eps_t,
+    check_levels(len(xs))
+    fx, fy = flat_levels(xs), flat_levels(ys)
+    batch, channels = fx[0].shape[:2]
+    levels = len(fx)
+    layout = layout_of(fx + fy)
+    config = pick_config(channels, fx[0].dtype)
+    acc = accumulator_dtype(fx[0].dtype)
+    device = fx[0].device
+    pairs = block_pairs(channels, config.block_c, device)
+    partials = torch.empty(batch * levels, pairs.shape[0], dtype=acc, device=device)
+    _gram_ssim_forward_kernel[(pairs.shape[0], batch * levels)](
+        *padded(fx), *padded(fy), level_table(fx, fy), pairs, partials,
+        torch.tensor([eps], dtype=acc, device=device),
         channels, levels, pairs.shape[0],
-        *x.stride(), *y.stride(),
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,
-        PRECISION=gram_precision(x.dtype, precision),
+        EVEN_C=channels % config.block_c == 0,
+        LAYOUT=layout,
+        PRECISION=gram_precision(fx[0].dtype, precision),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
@@ -325,50 +403,48 @@ def gram_ssim_forward(
 
 def gram_ssim_backward(
     grad: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    k_starts: Tuple[int, ...],
-    k_lens: Tuple[int, ...],
+    xs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
     eps: float,
     need_x: bool,
     need_y: bool,
     precision: str = "tf32x3",
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the (B, L) scores with respect to the packed features.
+) -> Tuple[Optional[List[torch.Tensor]], Optional[List[torch.Tensor]]]:
+    """Gradients of the (B, L) scores with respect to every level's features.
 
     Args:
         grad: (B, L) upstream gradient.
-        x, y, k_starts, k_lens, eps, precision: as for gram_ssim_forward.
-        need_x, need_y: which gradients to compute.
+        xs, ys, eps, precision: as for gram_ssim_forward.
+        need_x, need_y: which images' gradients to compute.
 
     Returns:
-        (grad_x, grad_y), each (B, C, K_total) in float32 (float64 for float64
-        features) or None where not needed.
+        Per-level gradients for x and for y, each (B, C, h_l, w_l) contiguous
+        in float32 (float64 for float64 features), or None where not needed.
     """
-    batch, channels, total_k = x.shape
-    levels = len(k_starts)
-    config = pick_config(channels, x.dtype)
-    acc = accumulator_dtype(x.dtype)
+    check_levels(len(xs))
+    fx, fy = flat_levels(xs), flat_levels(ys)
+    batch, channels = fx[0].shape[:2]
+    levels = len(fx)
+    config = pick_config(channels, fx[0].dtype)
+    acc = accumulator_dtype(fx[0].dtype)
+    device = fx[0].device
     blocks = triton.cdiv(channels, config.block_c)
     # Every row and position is written, so no zero fill is needed.
-    grad_x = torch.empty(batch, channels, total_k, dtype=acc, device=x.device) if need_x else None
-    grad_y = torch.empty(batch, channels, total_k, dtype=acc, device=x.device) if need_y else None
-    any_grad = grad_x if grad_x is not None else grad_y
+    grad_x = [torch.empty(f.shape, dtype=acc, device=device) for f in xs] if need_x else None
+    grad_y = [torch.empty(f.shape, dtype=acc, device=device) for f in ys] if need_y else None
+    some = grad_x if grad_x is not None else grad_y
     _gram_ssim_backward_kernel[(blocks, batch * levels)](
-        x, y,
-        torch.tensor(k_starts, dtype=torch.int32, device=x.device),
-        torch.tensor(k_lens, dtype=torch.int32, device=x.device),
-        grad.to(acc).contiguous(),
-        grad_x if need_x else any_grad,
-        grad_y if need_y else any_grad,
-        torch.tensor([eps], dtype=acc, device=x.device),
-        channels, levels, blocks, 1.0 / (channels // TILE) ** 2,
-        *x.stride(), *y.stride(), *any_grad.stride(),
+        *padded(fx), *padded(fy), *padded(grad_x or some), *padded(grad_y or some),
+        level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
+        torch.tensor([eps], dtype=acc, device=device),
+        channels, levels, blocks,
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,
-        PRECISION=gram_precision(x.dtype, precision),
+        EVEN_C=channels % config.block_c == 0,
+        LAYOUT=layout_of(fx + fy),
+        PRECISION=gram_precision(fx[0].dtype, precision),
+        GRAD_PRECISION=gradient_precision(fx[0].dtype, precision),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        GRAD_PRECISION=gradient_precision(x.dtype, precision),
         NEED_X=need_x,
         NEED_Y=need_y,
         num_warps=config.num_warps,

@@ -1,4 +1,4 @@
-"""The Triton head as PyTorch operators: level packing, custom ops, autograd.
+"""The Triton head as PyTorch operators: custom ops with autograd.
 
 `msds::gram_ssim_forward` and `msds::gram_ssim_backward` are registered with
 torch.library (with fake implementations), so torch.compile sees each as one
@@ -9,7 +9,7 @@ recomputes the Gram tiles.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -22,31 +22,9 @@ from msds.kernels.gram_ssim import PRECISIONS, accumulator_dtype, gram_ssim_back
 INTERPRETED = bool(knobs.runtime.interpret)
 
 
-def pack_levels(features: Sequence[Tensor]) -> Tuple[Tensor, Tuple[int, ...], Tuple[int, ...]]:
-    """Lay per-level maps (B, C, h_l, w_l) end to end along K: (B, C, K_total).
-
-    A single level is passed as a strided view when it flattens without a
-    copy (contiguous and channels_last maps do); several levels are copied
-    once by torch.cat. Returns the packed tensor, level starts and lengths.
-    """
-    flat = [f.flatten(2) for f in features]
-    lens = tuple(f.shape[2] for f in flat)
-    starts = tuple(sum(lens[:i]) for i in range(len(lens)))
-    packed = flat[0] if len(flat) == 1 else torch.cat(flat, dim=2)
-    return packed, starts, lens
-
-
-def unpack_levels(packed: Tensor, like: Sequence[Tensor]) -> List[Tensor]:
-    """Split (B, C, K_total) back into views shaped like the maps in `like`."""
-    sizes = [f.shape[2] * f.shape[3] for f in like]
-    return [part.reshape(f.shape) for part, f in zip(packed.split(sizes, dim=2), like)]
-
-
 @torch.library.custom_op("msds::gram_ssim_forward", mutates_args=())
 def gram_ssim_forward_op(xs: List[Tensor], ys: List[Tensor], eps: float, precision: str) -> Tensor:
-    x, starts, lens = pack_levels(xs)
-    y, _, _ = pack_levels(ys)
-    return gram_ssim_forward(x, y, starts, lens, eps, precision)
+    return gram_ssim_forward(xs, ys, eps, precision)
 
 
 @gram_ssim_forward_op.register_fake
@@ -58,22 +36,16 @@ def _(xs: List[Tensor], ys: List[Tensor], eps: float, precision: str) -> Tensor:
 def gram_ssim_backward_op(
     grad: Tensor, xs: List[Tensor], ys: List[Tensor], eps: float, precision: str, need_x: bool, need_y: bool
 ) -> List[Tensor]:
-    """Packed (B, C, K_total) gradients in the features' dtype: x's if need_x, then y's if need_y.
-
-    Returned packed, not per level: a custom op's outputs may not alias one
-    another, and the per-level views are taken outside it for free.
-    """
-    x, starts, lens = pack_levels(xs)
-    y, _, _ = pack_levels(ys)
-    grads = gram_ssim_backward(grad, x, y, starts, lens, eps, need_x, need_y, precision)
-    return [g.to(xs[0].dtype) for g in grads if g is not None]
+    """Per-level gradients in the features' dtype: x's if need_x, then y's if need_y."""
+    grad_x, grad_y = gram_ssim_backward(grad, xs, ys, eps, need_x, need_y, precision)
+    grads = (grad_x or []) + (grad_y or [])
+    return [g.to(xs[0].dtype) for g in grads]
 
 
 @gram_ssim_backward_op.register_fake
 def _(grad, xs, ys, eps, precision, need_x, need_y) -> List[Tensor]:
-    batch, channels = xs[0].shape[:2]
-    total = sum(f.shape[2] * f.shape[3] for f in xs)
-    return [xs[0].new_empty((batch, channels, total)) for need in (need_x, need_y) if need]
+    shapes = [f.shape for f in xs] * need_x + [f.shape for f in ys] * need_y
+    return [xs[0].new_empty(shape) for shape in shapes]
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -88,10 +60,10 @@ def _backward(ctx, grad: Tensor):
     saved = ctx.saved_tensors
     xs, ys = list(saved[: ctx.levels]), list(saved[ctx.levels :])
     need_x, need_y = any(ctx.needs_input_grad[0]), any(ctx.needs_input_grad[1])
-    grads = iter(gram_ssim_backward_op(grad.contiguous(), xs, ys, ctx.eps, ctx.precision, need_x, need_y))
+    grads = gram_ssim_backward_op(grad, xs, ys, ctx.eps, ctx.precision, need_x, need_y)
     none: List[Optional[Tensor]] = [None] * ctx.levels  # a list input wants a list back
-    grad_xs = unpack_levels(next(grads), xs) if need_x else none
-    grad_ys = unpack_levels(next(grads), ys) if need_y else none
+    grad_xs = grads[: ctx.levels] if need_x else none
+    grad_ys = grads[-ctx.levels :] if need_y else none
     return grad_xs, grad_ys, None, None
 
 

@@ -1,0 +1,123 @@
+"""Compile the head's kernels for Hopper (sm_90) without a GPU and read their resources.
+
+Run as a script (without TRITON_INTERPRET) it prints one JSON line per kernel
+configuration: registers, stack (spills), shared memory. tests/test_sm90_compile.py
+runs it in a subprocess, because the test session itself uses the interpreter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from msds.kernels import gram_ssim as K
+
+HOPPER = GPUTarget("cuda", 90, 32)
+MAX_SHARED = 232448  # bytes of shared memory one block may use on H100 / H200
+
+TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+LAYOUTS = (0, 1, 2)  # positions contiguous, channels contiguous, any strides
+
+
+def configurations():
+    """Every (dtype, precision, channels, layout) class the launchers distinguish.
+
+    Channel counts stand for each BLOCK_C the rule picks, with and without
+    a partial last block (EVEN_C).
+    """
+    for dtype in TORCH_TO_TRITON:
+        precisions = K.PRECISIONS if dtype == torch.float32 else ("ieee",)
+        for precision, channels, layout in itertools.product(precisions, (12, 32, 36, 512), LAYOUTS):
+            yield dtype, precision, channels, layout
+
+
+def resources(kernel) -> dict:
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(kernel.asm["cubin"])
+        handle.flush()
+        report = subprocess.run([str(cuobjdump), "--dump-resource-usage", handle.name],
+                                capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", report))
+    return {
+        "registers": int(usage["REG"]),
+        "stack": int(usage["STACK"]),
+        "local": int(usage["LOCAL"]),
+        "shared": int(kernel.metadata.shared),
+    }
+
+
+def _pointers(prefix: str, elem: str) -> dict:
+    return {f"{prefix}{level}": f"*{elem}" for level in range(K.MAX_LEVELS)}
+
+
+def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    kernel = triton.compile(source, target=HOPPER,
+                            options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    return resources(kernel)
+
+
+def _shared_constexprs(dtype, precision, channels, layout, config) -> dict:
+    return {
+        "BLOCK_C": config.block_c, "BLOCK_K": config.block_k, "EVEN_C": channels % config.block_c == 0,
+        "LAYOUT": layout, "PRECISION": K.gram_precision(dtype, precision),
+        "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
+    }
+
+
+def compile_forward(dtype: torch.dtype, precision: str, channels: int, layout: int) -> dict:
+    config = K.pick_config(channels, dtype)
+    elem = TORCH_TO_TRITON[dtype]
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    signature = {
+        **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64", "pairs_ptr": "*i32",
+        "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32",
+    }
+    return _compile(K._gram_ssim_forward_kernel, signature,
+                    _shared_constexprs(dtype, precision, channels, layout, config), config)
+
+
+def compile_backward(dtype, precision, channels, layout, need_x: bool, need_y: bool) -> dict:
+    config = K.pick_config(channels, dtype)
+    elem = TORCH_TO_TRITON[dtype]
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    signature = {
+        **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc), **_pointers("gy", acc),
+        "meta_ptr": "*i64", "grad_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "NB": "i32",
+    }
+    constexprs = {
+        **_shared_constexprs(dtype, precision, channels, layout, config),
+        "GRAD_PRECISION": K.gradient_precision(dtype, precision), "NEED_X": need_x, "NEED_Y": need_y,
+    }
+    return _compile(K._gram_ssim_backward_kernel, signature, constexprs, config)
+
+
+def main() -> None:
+    only = sys.argv[1:]  # optional filter: forward / backward
+    for dtype, precision, channels, layout in configurations():
+        block_c = K.pick_config(channels, dtype).block_c
+        row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c, "layout": layout}
+        if not only or "forward" in only:
+            usage = compile_forward(dtype, precision, channels, layout)
+            print(json.dumps({"kernel": "forward", **row, **usage}), flush=True)
+        if not only or "backward" in only:
+            for need_x, need_y in ((True, False), (False, True), (True, True)):
+                usage = compile_backward(dtype, precision, channels, layout, need_x, need_y)
+                print(json.dumps({"kernel": "backward", "need": [need_x, need_y], **row, **usage}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
