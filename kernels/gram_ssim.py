@@ -12,9 +12,10 @@ are deterministic (no atomics).
 
 Levels. Each level's feature maps stay where the trunk wrote them (copying
 them into one buffer would cost as much memory as the features): the kernel
-takes up to MAX_LEVELS pointers per image and picks its level's at run time.
-Strides and lengths come from a small table; the layout (positions or
-channels contiguous) is a compile-time flag so the loads vectorise.
+takes up to MAX_LEVELS pointers per image and picks its level's at run time,
+with lengths and strides from a small table. Positions must be contiguous
+(NCHW); other layouts (channels_last, slices) are copied once per level,
+because loads along strided positions cost the kernel registers it spills.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import triton.language as tl
 
 TILE = 4
 MAX_LEVELS = 6
-META_COLUMNS = 7  # k_len, then batch / channel / position strides of x and of y
+META_COLUMNS = 5  # k_len, then the batch and channel strides of x and of y
 
 # Dot precisions for float32 features: "ieee" and "tf32x3" are fp32-accurate,
 # "tf32" rounds the operands to 10-bit mantissas (faster, opt-in).
@@ -53,21 +54,12 @@ def _pick(level, p0, p1, p2, p3, p4, p5):
 
 
 @triton.jit
-def _load_panel(
-    base, rows, k, C, k_len, stride_c, stride_k,
-    MASK_C: tl.constexpr, MASK_K: tl.constexpr, LAYOUT: tl.constexpr,
-):
+def _load_panel(base, rows, k, C, k_len, stride_c, MASK_C: tl.constexpr, MASK_K: tl.constexpr):
     """Features [rows, k] of one map; zeros past C channels and past the level's end.
 
-    LAYOUT 0: positions contiguous (NCHW), 1: channels contiguous
-    (channels_last), 2: any strides. Known unit strides let loads vectorise.
+    Positions are contiguous, so unmasked loads vectorise.
     """
-    if LAYOUT == 0:
-        offsets = rows[:, None] * stride_c + k[None, :]
-    elif LAYOUT == 1:
-        offsets = rows[:, None] + k[None, :] * stride_k
-    else:
-        offsets = rows[:, None] * stride_c + k[None, :] * stride_k
+    offsets = rows[:, None] * stride_c + k[None, :]
     if MASK_C and MASK_K:
         return tl.load(base + offsets, mask=(rows[:, None] < C) & (k[None, :] < k_len), other=0.0)
     elif MASK_C:
@@ -80,24 +72,23 @@ def _load_panel(
 
 @triton.jit
 def _gram_step(
-    gx, gy, x_base, y_base, rows, cols, k, C, k_len, sxc, sxk, syc, syk,
-    MASK_C: tl.constexpr, MASK_K: tl.constexpr, LAYOUT: tl.constexpr, PRECISION: tl.constexpr,
+    gx, gy, x_base, y_base, rows, cols, k, C, k_len, sxc, syc,
+    MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Add one chunk of positions to both Gram blocks."""
-    a = _load_panel(x_base, rows, k, C, k_len, sxc, sxk, MASK_C, MASK_K, LAYOUT)
-    c = _load_panel(x_base, cols, k, C, k_len, sxc, sxk, MASK_C, MASK_K, LAYOUT)
+    a = _load_panel(x_base, rows, k, C, k_len, sxc, MASK_C, MASK_K)
+    c = _load_panel(x_base, cols, k, C, k_len, sxc, MASK_C, MASK_K)
     gx = tl.dot(a, tl.trans(c), gx, input_precision=PRECISION)
-    a = _load_panel(y_base, rows, k, C, k_len, syc, syk, MASK_C, MASK_K, LAYOUT)
-    c = _load_panel(y_base, cols, k, C, k_len, syc, syk, MASK_C, MASK_K, LAYOUT)
+    a = _load_panel(y_base, rows, k, C, k_len, syc, MASK_C, MASK_K)
+    c = _load_panel(y_base, cols, k, C, k_len, syc, MASK_C, MASK_K)
     gy = tl.dot(a, tl.trans(c), gy, input_precision=PRECISION)
     return gx, gy
 
 
 @triton.jit
 def _gram_blocks(
-    x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
+    x_base, y_base, bi, bj, k_len, C, sxc, syc,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Blocks (bi, bj) of both Gram matrices, BLOCK_C x BLOCK_C in ACC precision.
 
@@ -111,11 +102,11 @@ def _gram_blocks(
     gy = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
     k_whole = k_len - k_len % BLOCK_K
     for k0 in range(0, k_whole, BLOCK_K):
-        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k0 + ks, C, k_len, sxc, sxk, syc, syk,
-                            not EVEN_C, False, LAYOUT, PRECISION)
+        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k0 + ks, C, k_len, sxc, syc,
+                            not EVEN_C, False, PRECISION)
     if k_whole < k_len:
-        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k_whole + ks, C, k_len, sxc, sxk, syc, syk,
-                            not EVEN_C, True, LAYOUT, PRECISION)
+        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k_whole + ks, C, k_len, sxc, syc,
+                            not EVEN_C, True, PRECISION)
     return gx, gy
 
 
@@ -147,29 +138,26 @@ def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
-    """This level's feature bases for image b, its length and strides."""
-    row = meta_ptr + level * 7
+    """This level's feature bases for image b, its length and channel strides."""
+    row = meta_ptr + level * 5
     k_len = tl.load(row).to(tl.int32)
     x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
-    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 4)
     sxc = tl.load(row + 2).to(tl.int32)
-    sxk = tl.load(row + 3).to(tl.int32)
-    syc = tl.load(row + 5).to(tl.int32)
-    syk = tl.load(row + 6).to(tl.int32)
-    return x_base, y_base, k_len, sxc, sxk, syc, syk
+    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 3)
+    syc = tl.load(row + 4).to(tl.int32)
+    return x_base, y_base, k_len, sxc, syc
 
 
 @triton.jit
 def _gram_ssim_forward_kernel(
     x0, x1, x2, x3, x4, x5,  # per-level features of image x, (B, C, h_l, w_l); unused levels repeat x0
     y0, y1, y2, y3, y4, y5,  # per-level features of image y
-    meta_ptr,     # (L, 7) int64: k_len, x strides (b, c, k), y strides (b, c, k) per level
+    meta_ptr,     # (L, 5) int64: k_len, x strides (b, c), y strides (b, c) per level
     pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
     partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
     C, L, T,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     t = tl.program_id(0)
     image_level = tl.program_id(1)
@@ -177,10 +165,9 @@ def _gram_ssim_forward_kernel(
     level = image_level % L
     bi = tl.load(pairs_ptr + 2 * t)
     bj = tl.load(pairs_ptr + 2 * t + 1)
-    x_base, y_base, k_len, sxc, sxk, syc, syk = _level_setup(
+    x_base, y_base, k_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
-    gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
-                          BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, PRECISION, ACC)
+    gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
     _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C)
     # Tiles past C (a multiple of 4, not of BLOCK_C) are padding.
     NT: tl.constexpr = BLOCK_C // 4
@@ -194,9 +181,8 @@ def _gram_ssim_forward_kernel(
 
 @triton.jit
 def _accumulate_rows(
-    out_base, f_base, gbar, bi, bj, k_len, C, stride_c, stride_k,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    out_base, f_base, gbar, bi, bj, k_len, C, stride_c,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """out[rows bi] (+)= 2 * gbar @ F[rows bj], chunk by chunk along the level.
 
@@ -211,7 +197,7 @@ def _accumulate_rows(
     gbar2 = 2 * gbar
     for k0 in range(0, k_len, BLOCK_K):
         k = k0 + ks
-        f = _load_panel(f_base, cols, k, C, k_len, stride_c, stride_k, not EVEN_C, True, LAYOUT).to(gbar.dtype)
+        f = _load_panel(f_base, cols, k, C, k_len, stride_c, not EVEN_C, True).to(gbar.dtype)
         out_offsets = rows[:, None] * k_len + k[None, :]
         out_mask = (rows[:, None] < C) & (k[None, :] < k_len)
         acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=gbar.dtype)
@@ -223,57 +209,46 @@ def _accumulate_rows(
 
 @triton.jit
 def _gram_ssim_backward_kernel(
-    x0, x1, x2, x3, x4, x5,        # per-level features of image x
-    y0, y1, y2, y3, y4, y5,        # per-level features of image y
-    gx0, gx1, gx2, gx3, gx4, gx5,  # per-level contiguous ACC-dtype gradients for x (when NEED_X)
-    gy0, gy1, gy2, gy3, gy4, gy5,  # per-level contiguous ACC-dtype gradients for y (when NEED_Y)
-    meta_ptr,     # (L, 7) int64: k_len, x strides, y strides per level
+    x0, x1, x2, x3, x4, x5,        # per-level features of the image being differentiated
+    y0, y1, y2, y3, y4, y5,        # per-level features of the other image
+    gx0, gx1, gx2, gx3, gx4, gx5,  # per-level contiguous ACC-dtype gradients for x
+    meta_ptr,     # (L, 5) int64: k_len, x strides (b, c), y strides (b, c) per level
     grad_ptr,     # (B, L) upstream gradient of the scores divided by the tile count, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype
     C, L, NB,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, LAYOUT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr,
     PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
-    NEED_X: tl.constexpr, NEED_Y: tl.constexpr,
 ):
-    """One program owns row block bi of one (image, level). It sweeps every
-    column block bj, recomputes both Gram blocks (bi, bj) and their tile
-    statistics, and adds 2 * dScore/dG[bi, bj] @ F[bj] to its own rows of
-    dScore/dF (dG is symmetric, so d/dF = (dG + dG^T) F = 2 dG F). Programs
-    share nothing: no atomics and no scratch.
+    """dScore/dx. One program owns row block bi of one (image, level). It
+    sweeps every column block bj, recomputes both Gram blocks (bi, bj) and
+    their tile statistics, and adds 2 * dScore/dGx[bi, bj] @ x[bj] to its own
+    rows of the gradient (dGx is symmetric, so d/dx = (dGx + dGx^T) x =
+    2 dGx x). Programs share nothing: no atomics and no scratch. The score is
+    symmetric in x and y, so dScore/dy is this kernel with the two swapped.
 
     For a tile of n = 16 entries a (from Gx) and b (from Gy), with
     D = var_a + var_b + eps and s its score:
-    ds/da_k = 2 / (n D) * ((b_k - mb) - s (a_k - ma)), and symmetrically for b.
+    ds/da_k = 2 / (n D) * ((b_k - mb) - s (a_k - ma)).
     """
     bi = tl.program_id(0)
     image_level = tl.program_id(1)
     b = image_level // L
     level = image_level % L
-    x_base, y_base, k_len, sxc, sxk, syc, syk = _level_setup(
+    x_base, y_base, k_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
-    out_offset = b.to(tl.int64) * C * k_len
-    gx_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + out_offset
-    gy_base = _pick(level, gy0, gy1, gy2, gy3, gy4, gy5) + out_offset
+    out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * k_len
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
     for bj in range(0, NB):
-        gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, sxk, syc, syk,
-                              BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, PRECISION, ACC)
+        gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C)
         factor = (scale * 2 / (16 * denom))[:, None, :, None]
-        s4 = score[:, None, :, None]
-        cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
+        gbar = tl.reshape(factor * (dy - score[:, None, :, None] * dx), (BLOCK_C, BLOCK_C))
         # Entries past C belong to padding tiles and must not contribute.
-        valid = (rows[:, None] < C) & (cols[None, :] < C)
-        if NEED_X:
-            gbar = tl.where(valid, tl.reshape(factor * (dy - s4 * dx), (BLOCK_C, BLOCK_C)), 0.0)
-            _accumulate_rows(gx_base, x_base, gbar, bi, bj, k_len, C, sxc, sxk,
-                             BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, GRAD_PRECISION)
-        if NEED_Y:
-            gbar = tl.where(valid, tl.reshape(factor * (dx - s4 * dy), (BLOCK_C, BLOCK_C)), 0.0)
-            _accumulate_rows(gy_base, y_base, gbar, bi, bj, k_len, C, syc, syk,
-                             BLOCK_C, BLOCK_K, EVEN_C, LAYOUT, GRAD_PRECISION)
+        cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
+        gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
+        _accumulate_rows(out_base, x_base, gbar, bi, bj, k_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION)
 
 
 @dataclass(frozen=True)
@@ -284,16 +259,22 @@ class Config:
     num_stages: int
 
 
-def pick_config(channels: int, dtype: torch.dtype) -> Config:
+def pick_config(channels: int, dtype: torch.dtype, backward: bool = False) -> Config:
     """Block sizes by a fixed rule, so a shape always runs the same program.
 
     BLOCK_C is the largest of 64, 32, 16 that divides C, else 16 with the
     last block masked (16 is tl.dot's minimum; masking a larger block costs
-    registers the Gram accumulators need). BLOCK_K holds 64 bytes of a row.
+    registers the Gram accumulators need). BLOCK_K holds 128 bytes of a row
+    in the forward and half that in the backward, which also keeps the
+    gradient block live. tests/sm90.py checks every choice compiles for
+    sm_90 without spilling.
     """
     block_c = next((size for size in (64, 32) if channels % size == 0), 16)
     block_k = {torch.float64: 16, torch.float32: 32}.get(dtype, 64)
-    return Config(block_c=block_c, block_k=block_k, num_warps=8 if block_c >= 64 else 4, num_stages=2)
+    if backward:
+        block_k = max(16, block_k // 2)
+    # One warp per 16 x 8 slice of the block's rows: 2, 4 or 8 warps.
+    return Config(block_c=block_c, block_k=block_k, num_warps=block_c // 8, num_stages=2)
 
 
 def gram_precision(dtype: torch.dtype, precision: str) -> str:
@@ -327,22 +308,18 @@ def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tens
 
 
 def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """(B, C, h, w) maps as (B, C, h*w): views for NCHW and channels_last maps."""
-    return [f.flatten(2) for f in features]
+    """(B, C, h, w) maps as (B, C, h*w) with contiguous positions.
 
-
-def layout_of(flats: Sequence[torch.Tensor]) -> int:
-    """0 if positions are contiguous in every map, 1 if channels are, else 2."""
-    if all(f.stride(2) == 1 or f.shape[2] == 1 for f in flats):
-        return 0
-    if all(f.stride(1) == 1 for f in flats):
-        return 1
-    return 2
+    NCHW maps (and batch-broadcast or channel-sliced ones) are views; maps
+    whose positions are not contiguous, such as channels_last, are copied.
+    """
+    flats = [f.flatten(2) for f in features]
+    return [f if f.stride(2) == 1 or f.shape[2] == 1 else f.contiguous() for f in flats]
 
 
 def level_table(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(L, 7) int64: each level's length and the x and y strides (b, c, k)."""
-    rows = [[x.shape[2], *x.stride(), *y.stride()] for x, y in zip(xs, ys)]
+    """(L, 5) int64: each level's length and the x and y batch and channel strides."""
+    rows = [[x.shape[2], x.stride(0), x.stride(1), y.stride(0), y.stride(1)] for x, y in zip(xs, ys)]
     for x in list(xs) + list(ys):
         extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
         if extent >= 2**31:
@@ -367,7 +344,7 @@ def gram_ssim_forward(
 
     Args:
         xs, ys: per-level feature maps (B, C, h_l, w_l) of both images; any
-            strides (maps that do not flatten to (B, C, h*w) are copied).
+            strides (maps whose positions are not contiguous are copied).
         eps: the tile score's constant c.
         precision: dot precision for float32 features (see PRECISIONS).
 
@@ -378,7 +355,6 @@ def gram_ssim_forward(
     fx, fy = flat_levels(xs), flat_levels(ys)
     batch, channels = fx[0].shape[:2]
     levels = len(fx)
-    layout = layout_of(fx + fy)
     config = pick_config(channels, fx[0].dtype)
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
@@ -391,7 +367,6 @@ def gram_ssim_forward(
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,
         EVEN_C=channels % config.block_c == 0,
-        LAYOUT=layout,
         PRECISION=gram_precision(fx[0].dtype, precision),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         num_warps=config.num_warps,
@@ -406,48 +381,41 @@ def gram_ssim_backward(
     xs: Sequence[torch.Tensor],
     ys: Sequence[torch.Tensor],
     eps: float,
-    need_x: bool,
-    need_y: bool,
     precision: str = "tf32x3",
-) -> Tuple[Optional[List[torch.Tensor]], Optional[List[torch.Tensor]]]:
-    """Gradients of the (B, L) scores with respect to every level's features.
+) -> List[torch.Tensor]:
+    """Gradient of the (B, L) scores with respect to every level of `xs`.
 
     Args:
         grad: (B, L) upstream gradient.
-        xs, ys, eps, precision: as for gram_ssim_forward.
-        need_x, need_y: which images' gradients to compute.
+        xs, ys, eps, precision: as for gram_ssim_forward. The score is
+            symmetric, so swapping xs and ys gives the gradient for ys.
 
     Returns:
-        Per-level gradients for x and for y, each (B, C, h_l, w_l) contiguous
-        in float32 (float64 for float64 features), or None where not needed.
+        Per-level gradients (B, C, h_l, w_l), contiguous, in float32
+        (float64 for float64 features).
     """
     check_levels(len(xs))
     fx, fy = flat_levels(xs), flat_levels(ys)
     batch, channels = fx[0].shape[:2]
     levels = len(fx)
-    config = pick_config(channels, fx[0].dtype)
+    config = pick_config(channels, fx[0].dtype, backward=True)
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
     blocks = triton.cdiv(channels, config.block_c)
     # Every row and position is written, so no zero fill is needed.
-    grad_x = [torch.empty(f.shape, dtype=acc, device=device) for f in xs] if need_x else None
-    grad_y = [torch.empty(f.shape, dtype=acc, device=device) for f in ys] if need_y else None
-    some = grad_x if grad_x is not None else grad_y
+    grads = [torch.empty(f.shape, dtype=acc, device=device) for f in xs]
     _gram_ssim_backward_kernel[(blocks, batch * levels)](
-        *padded(fx), *padded(fy), *padded(grad_x or some), *padded(grad_y or some),
+        *padded(fx), *padded(fy), *padded(grads),
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
         torch.tensor([eps], dtype=acc, device=device),
         channels, levels, blocks,
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,
         EVEN_C=channels % config.block_c == 0,
-        LAYOUT=layout_of(fx + fy),
         PRECISION=gram_precision(fx[0].dtype, precision),
         GRAD_PRECISION=gradient_precision(fx[0].dtype, precision),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        NEED_X=need_x,
-        NEED_Y=need_y,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return grad_x, grad_y
+    return grads

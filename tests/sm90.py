@@ -27,33 +27,36 @@ HOPPER = GPUTarget("cuda", 90, 32)
 MAX_SHARED = 232448  # bytes of shared memory one block may use on H100 / H200
 
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
-LAYOUTS = (0, 1, 2)  # positions contiguous, channels contiguous, any strides
 
 
 def configurations():
-    """Every (dtype, precision, channels, layout) class the launchers distinguish.
+    """Every (dtype, precision, channels) class the launchers distinguish.
 
-    Channel counts stand for each BLOCK_C the rule picks, with and without
-    a partial last block (EVEN_C).
+    Channel counts stand for each BLOCK_C the rule picks (16, 32, 64), with
+    and without a partial last block (EVEN_C).
     """
     for dtype in TORCH_TO_TRITON:
         precisions = K.PRECISIONS if dtype == torch.float32 else ("ieee",)
-        for precision, channels, layout in itertools.product(precisions, (12, 32, 36, 512), LAYOUTS):
-            yield dtype, precision, channels, layout
+        for precision, channels in itertools.product(precisions, (12, 16, 32, 512)):
+            yield dtype, precision, channels
 
 
 def resources(kernel) -> dict:
+    """Registers, stack frame and shared memory of a kernel as Triton compiled it.
+
+    A stack frame above zero means ptxas spilled registers (the kernels keep
+    no local arrays), so a spill-free kernel reports stack 0.
+    """
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(kernel.asm["cubin"])
         handle.flush()
         report = subprocess.run([str(cuobjdump), "--dump-resource-usage", handle.name],
                                 capture_output=True, text=True, check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", report))
+    usage = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", report))
     return {
         "registers": int(usage["REG"]),
-        "stack": int(usage["STACK"]),
-        "local": int(usage["LOCAL"]),
+        "stack": int(usage["STACK"]) + int(usage["LOCAL"]),
         "shared": int(kernel.metadata.shared),
     }
 
@@ -70,15 +73,15 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
     return resources(kernel)
 
 
-def _shared_constexprs(dtype, precision, channels, layout, config) -> dict:
+def _shared_constexprs(dtype, precision, channels, config) -> dict:
     return {
         "BLOCK_C": config.block_c, "BLOCK_K": config.block_k, "EVEN_C": channels % config.block_c == 0,
-        "LAYOUT": layout, "PRECISION": K.gram_precision(dtype, precision),
+        "PRECISION": K.gram_precision(dtype, precision),
         "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
     }
 
 
-def compile_forward(dtype: torch.dtype, precision: str, channels: int, layout: int) -> dict:
+def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
     config = K.pick_config(channels, dtype)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
@@ -87,36 +90,35 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int, layout: i
         "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32",
     }
     return _compile(K._gram_ssim_forward_kernel, signature,
-                    _shared_constexprs(dtype, precision, channels, layout, config), config)
+                    _shared_constexprs(dtype, precision, channels, config), config)
 
 
-def compile_backward(dtype, precision, channels, layout, need_x: bool, need_y: bool) -> dict:
-    config = K.pick_config(channels, dtype)
+def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
+    config = K.pick_config(channels, dtype, backward=True)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
-        **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc), **_pointers("gy", acc),
+        **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc),
         "meta_ptr": "*i64", "grad_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "NB": "i32",
     }
     constexprs = {
-        **_shared_constexprs(dtype, precision, channels, layout, config),
-        "GRAD_PRECISION": K.gradient_precision(dtype, precision), "NEED_X": need_x, "NEED_Y": need_y,
+        **_shared_constexprs(dtype, precision, channels, config),
+        "GRAD_PRECISION": K.gradient_precision(dtype, precision),
     }
     return _compile(K._gram_ssim_backward_kernel, signature, constexprs, config)
 
 
 def main() -> None:
     only = sys.argv[1:]  # optional filter: forward / backward
-    for dtype, precision, channels, layout in configurations():
+    for dtype, precision, channels in configurations():
         block_c = K.pick_config(channels, dtype).block_c
-        row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c, "layout": layout}
+        row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c}
         if not only or "forward" in only:
-            usage = compile_forward(dtype, precision, channels, layout)
+            usage = compile_forward(dtype, precision, channels)
             print(json.dumps({"kernel": "forward", **row, **usage}), flush=True)
         if not only or "backward" in only:
-            for need_x, need_y in ((True, False), (False, True), (True, True)):
-                usage = compile_backward(dtype, precision, channels, layout, need_x, need_y)
-                print(json.dumps({"kernel": "backward", "need": [need_x, need_y], **row, **usage}), flush=True)
+            usage = compile_backward(dtype, precision, channels)
+            print(json.dumps({"kernel": "backward", **row, **usage}), flush=True)
 
 
 if __name__ == "__main__":
