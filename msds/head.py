@@ -30,10 +30,16 @@ def _load_triton_head() -> tuple[Optional[HeadFn], str]:
     return ops.multiscale_scores, ""
 
 
-def select_head(backend: str, device: torch.device) -> HeadFn:
-    """The head implementation for `backend` and tensors on `device`."""
+# The kernels take each level as its own pointer argument, up to this many.
+KERNEL_MAX_LEVELS = 6
+
+
+def select_head(backend: str, device: torch.device, levels: int = 1) -> HeadFn:
+    """The head implementation for `backend`, tensors on `device` and `levels` levels."""
     _checks.check_choice("backend", backend, _checks.BACKENDS)
-    if backend == "reference" or (backend == "auto" and device.type != "cuda"):
+    if backend == "triton" and levels > KERNEL_MAX_LEVELS:
+        raise ValueError(f"fxs: backend='triton' takes 1 to {KERNEL_MAX_LEVELS} levels, got {levels}")
+    if backend == "reference" or (backend == "auto" and (device.type != "cuda" or levels > KERNEL_MAX_LEVELS)):
         return _reference_head
     head, reason = _load_triton_head()
     if head is None:
@@ -67,7 +73,7 @@ def multiscale_gram_ssim(
             level; C a multiple of 4.
         eps: the stabilising constant c of the tile score.
         backend: "auto" (Triton kernels for CUDA tensors when triton imports,
-            the reference otherwise), "reference" or "triton".
+            the reference otherwise or beyond 6 levels), "reference" or "triton".
         precision: the Triton kernels' dot precision for float32 features:
             "tf32x3" (default) and "ieee" are fp32-accurate, "tf32" is faster
             and rounds products to TF32 (see README, "Precision"). The
@@ -94,8 +100,10 @@ def multiscale_gram_ssim(
                 f"fxs[{level}]: expected the batch size, channel count, dtype and device of fxs[0] "
                 f"({_checks.describe(first)}), got {_checks.describe(fx)}"
             )
-    head = select_head(backend, fxs[0].device)
-    return head(list(fxs), list(fys), eps, precision)
+    head = select_head(backend, fxs[0].device, len(fxs))
+    # Autocast would recast the reference's fp32 Gram products to 16 bits.
+    with torch.autocast(device_type=fxs[0].device.type, enabled=False):
+        return head(list(fxs), list(fys), eps, precision)
 
 
 def gram_ssim(

@@ -1,0 +1,140 @@
+"""The backward kernel against float64 autograd of the reference (Triton interpreter)."""
+
+import pytest
+import torch
+
+import msds
+from helpers import relu_features
+from msds import reference
+
+pytest.importorskip("triton")
+
+ROWS = [
+    (1, 4, [(1, 1)]),
+    (3, 12, [(5, 5), (2, 2), (1, 1)]),
+    (2, 20, [(4, 15)]),
+    (1, 36, [(3, 3), (1, 1)]),
+    (2, 64, [(7, 9), (3, 4), (1, 2), (1, 1), (1, 1)]),
+    (1, 100, [(2, 5)]),
+    (1, 8, [(3, 3), (2, 2), (1, 1), (1, 1), (1, 1), (1, 1)]),
+    (1, 512, [(2, 2), (1, 1)]),
+]
+IDS = [f"B{b}-C{c}-L{len(s)}" for b, c, s in ROWS]
+
+
+def leaves(batch, channels, sizes, generator, dtype=torch.float64, grad=(True, True)):
+    fxs = [relu_features((batch, channels, h, w), generator).to(dtype) for h, w in sizes]
+    fys = [(f.double() + relu_features(f.shape, generator)).to(dtype) for f in fxs]
+    return [f.requires_grad_(grad[0]) for f in fxs], [f.requires_grad_(grad[1]) for f in fys]
+
+
+def gradients(head, fxs, fys, weights):
+    scores = head(fxs, fys)
+    inputs = [f for f in fxs + fys if f.requires_grad]
+    return torch.autograd.grad((scores * weights.to(scores.dtype)).sum(), inputs)
+
+
+def kernel(fxs, fys):
+    return msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+
+
+def exact(fxs, fys):
+    """Reference autograd in float64 on the same (possibly rounded) values."""
+    return reference.multiscale_scores(fxs, fys, 1e-6)
+
+
+@pytest.mark.parametrize("batch,channels,sizes", ROWS, ids=IDS)
+def test_float64_gradients_match_reference_autograd(batch, channels, sizes, rng):
+    fxs, fys = leaves(batch, channels, sizes, rng)
+    weights = torch.rand(batch, len(sizes), generator=rng, dtype=torch.float64)
+    got = gradients(kernel, fxs, fys, weights)
+    expected = gradients(exact, fxs, fys, weights)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float64 and g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12 * e.abs().max().item())
+
+
+@pytest.mark.parametrize("batch,channels,sizes", ROWS[:6], ids=IDS[:6])
+def test_float32_gradients_within_twice_the_reference_error(batch, channels, sizes, rng):
+    fxs, fys = leaves(batch, channels, sizes, rng, torch.float32)
+    weights = torch.rand(batch, len(sizes), generator=rng)
+    truth = gradients(exact, [f.detach().double().requires_grad_() for f in fxs],
+                      [f.detach().double().requires_grad_() for f in fys], weights)
+    got = gradients(kernel, fxs, fys, weights)
+    ref32 = gradients(lambda a, b: reference.multiscale_scores(a, b, 1e-6), fxs, fys, weights)
+    for g, r, t in zip(got, ref32, truth):
+        scale = t.abs().max().item()
+        kernel_error = (g.double() - t).abs().max().item() / scale
+        reference_error = (r.double() - t).abs().max().item() / scale
+        assert kernel_error <= 2 * reference_error + 1e-6, (kernel_error, reference_error)
+
+
+def test_gradient_for_one_input_only(rng):
+    fxs, fys = leaves(2, 12, [(3, 3), (1, 2)], rng, grad=(True, False))
+    kernel(fxs, fys).sum().backward()
+    assert all(f.grad is not None for f in fxs) and all(f.grad is None for f in fys)
+    fresh = [f.detach().requires_grad_() for f in fxs]
+    expected = torch.autograd.grad(exact(fresh, fys).sum(), fresh)
+    for f, e in zip(fxs, expected):
+        torch.testing.assert_close(f.grad, e, rtol=1e-9, atol=1e-14)
+    gxs, gys = leaves(2, 12, [(3, 3)], rng, grad=(False, True))
+    kernel(gxs, gys).sum().backward()
+    assert gxs[0].grad is None and gys[0].grad is not None
+
+
+def test_gradients_are_bitwise_deterministic(rng):
+    fxs, fys = leaves(2, 36, [(5, 4), (2, 2)], rng, torch.float32)
+    first = gradients(kernel, fxs, fys, torch.ones(2, 2))
+    second = gradients(kernel, fxs, fys, torch.ones(2, 2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_low_precision_gradients_come_back_in_the_input_dtype(rng):
+    fxs, fys = leaves(1, 16, [(4, 4)], rng, torch.float16)
+    grads = gradients(kernel, fxs, fys, torch.ones(1, 1))
+    assert all(g.dtype == torch.float16 for g in grads)
+
+
+def test_gradcheck_through_the_kernels(rng):
+    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng)
+    assert torch.autograd.gradcheck(lambda a0, a1, b0, b1: kernel([a0, a1], [b0, b1]), (*fxs, *fys))
+
+
+def test_opcheck_of_the_custom_op(rng):
+    from msds.kernels import ops
+
+    fxs, fys = leaves(2, 12, [(3, 2), (1, 1)], rng)
+    torch.library.opcheck(ops.gram_ssim_forward_op, (fxs, fys, 1e-6, "tf32x3"))
+    grad = torch.rand(2, 2, generator=rng, dtype=torch.float64)
+    detached = ([f.detach() for f in fxs], [f.detach() for f in fys])
+    torch.library.opcheck(ops.gram_ssim_backward_op, (grad, *detached, 1e-6, "tf32x3", True, True))
+
+
+def test_compiles_into_one_graph(rng):
+    # The custom ops keep torch.compile from breaking the graph; the
+    # aot_eager backend traces forward and backward without generating code.
+    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng, grad=(True, False))
+
+    def loss(a0, a1, b0, b1):
+        return (1 - msds.multiscale_gram_ssim([a0, a1], [b0, b1], backend="triton")).mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    value = compiled(*fxs, *fys)
+    value.backward()
+    fresh = [f.detach().requires_grad_() for f in fxs]
+    expected = torch.autograd.grad(loss(*fresh, *fys), fresh)
+    torch.testing.assert_close(value, loss(*fxs, *fys).detach())
+    for f, e in zip(fxs, expected):
+        torch.testing.assert_close(f.grad, e)
+
+
+def test_loss_through_the_trunk_matches_reference_gradients(rng):
+    x = torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64)
+    y = (x + 0.2 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    grads = []
+    for backend in ("triton", "reference"):
+        loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True, backend=backend).double()
+        pred = x.clone().requires_grad_()
+        loss_fn(pred, y).backward()
+        grads.append(pred.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-14)

@@ -1,0 +1,127 @@
+"""The fused forward kernel against the float64 oracle (Triton interpreter on the CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+import msds
+from helpers import relu_features
+from msds import reference
+from oracle import deepssim_head
+
+pytest.importorskip("triton")
+
+# (B, C, per-level (h, w)): C from 4 to 512, 1x1 to 16x16 positions, odd and
+# non-square sizes, one to six levels in one call, C not a multiple of 16.
+ROWS = [
+    (1, 4, [(1, 1)]),
+    (3, 4, [(2, 3)]),
+    (1, 12, [(5, 5), (2, 2), (1, 1)]),
+    (3, 12, [(16, 16)]),
+    (1, 20, [(4, 15)]),
+    (2, 36, [(3, 3), (1, 1)]),
+    (1, 64, [(16, 16), (8, 8), (4, 4)]),
+    (3, 64, [(7, 9), (3, 4), (1, 2), (1, 1), (1, 1)]),
+    (1, 100, [(2, 5)]),
+    (1, 8, [(6, 6), (3, 3), (1, 1), (1, 1), (1, 1), (1, 1)]),
+    (1, 512, [(2, 2), (1, 1)]),
+]
+IDS = [f"B{b}-C{c}-L{len(s)}-{'_'.join(f'{h}x{w}' for h, w in s)}" for b, c, s in ROWS]
+
+
+def features(batch, channels, sizes, generator, dtype=torch.float64):
+    fxs = [relu_features((batch, channels, h, w), generator, dtype) for h, w in sizes]
+    fys = [(f.double() + relu_features(f.shape, generator)).to(dtype) for f in fxs]
+    return fxs, fys
+
+
+def truth(fxs, fys):
+    """float64 scores of the (possibly rounded) inputs, by the independent oracle."""
+    return np.stack([deepssim_head(fx, fy) for fx, fy in zip(fxs, fys)], axis=1)
+
+
+@pytest.mark.parametrize("batch,channels,sizes", ROWS, ids=IDS)
+def test_float64_matches_oracle(batch, channels, sizes, rng):
+    fxs, fys = features(batch, channels, sizes, rng)
+    got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+    assert got.dtype == torch.float64 and got.shape == (batch, len(sizes))
+    np.testing.assert_allclose(got.numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
+
+
+def assert_within_reference_error(got, fxs, fys, atol):
+    """Kernel error at most twice the fp32 reference's own error, plus atol."""
+    exact = truth(fxs, fys)
+    kernel_error = np.abs(got.double().numpy() - exact).max()
+    reference_error = np.abs(reference.multiscale_scores(fxs, fys, 1e-6).double().numpy() - exact).max()
+    assert kernel_error <= 2 * reference_error + atol, (kernel_error, reference_error)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float16, 1e-6)])
+@pytest.mark.parametrize("batch,channels,sizes", ROWS[:8], ids=IDS[:8])
+def test_low_precision_within_twice_the_reference_error(batch, channels, sizes, dtype, atol, rng):
+    fxs, fys = features(batch, channels, sizes, rng, dtype)
+    got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+    assert got.dtype == torch.float32
+    assert_within_reference_error(got, fxs, fys, atol)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+def test_every_precision_runs(precision, rng):
+    # The interpreter multiplies in exact fp32 whatever the precision; on a GPU
+    # the TF32 error is measured by bench/gpu_check.py.
+    fxs, fys = features(2, 16, [(3, 3), (1, 2)], rng, torch.float32)
+    got = msds.multiscale_gram_ssim(fxs, fys, backend="triton", precision=precision)
+    assert_within_reference_error(got, fxs, fys, 1e-6)
+
+
+def test_channels_last_sliced_and_broadcast_inputs(rng):
+    base_x = relu_features((3, 24, 9, 10), rng)
+    base_y = relu_features((1, 24, 9, 10), rng)
+    cases = [
+        ([base_x.to(memory_format=torch.channels_last)], [base_x.flip(0).to(memory_format=torch.channels_last)]),
+        ([base_x[:, 4:20, 1:, ::2]], [base_x.flip(0)[:, 4:20, 1:, ::2]]),  # channel, row and column slices
+        ([base_x[:, :16]], [base_y.expand(3, -1, -1, -1)[:, 8:]]),  # batch-broadcast reference
+        ([base_x, base_x[:, :, ::3, ::3]], [base_x.flip(0), base_x.flip(0)[:, :, ::3, ::3].contiguous()]),
+    ]
+    for fxs, fys in cases:
+        got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+        np.testing.assert_allclose(got.numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
+
+
+def test_identical_inputs_score_exactly_one_and_symmetry_is_exact(rng):
+    fxs, fys = features(2, 20, [(4, 4), (2, 1)], rng, torch.float32)
+    same = msds.multiscale_gram_ssim(fxs, [f.clone() for f in fxs], backend="triton")
+    assert torch.equal(same, torch.ones_like(same))
+    forward = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+    swapped = msds.multiscale_gram_ssim(fys, fxs, backend="triton")
+    assert torch.equal(forward, swapped)
+
+
+def test_bitwise_deterministic(rng):
+    fxs, fys = features(2, 36, [(5, 4), (2, 2)], rng, torch.float32)
+    first = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+    assert torch.equal(first, msds.multiscale_gram_ssim(fxs, fys, backend="triton"))
+
+
+def test_too_many_levels_for_the_kernel(rng):
+    fxs, fys = features(1, 4, [(1, 1)] * 7, rng)
+    with pytest.raises(ValueError, match="backend='triton' takes 1 to 6 levels, got 7"):
+        msds.multiscale_gram_ssim(fxs, fys, backend="triton")
+    # "auto" falls back to the reference beyond six levels.
+    assert msds.multiscale_gram_ssim(fxs, fys).shape == (1, 7)
+
+
+def test_auto_uses_the_reference_for_cpu_tensors(rng, monkeypatch):
+    from msds import head
+
+    fxs, fys = features(1, 8, [(2, 2)], rng)
+    assert head.select_head("auto", fxs[0].device) is head._reference_head
+    assert head.select_head("triton", fxs[0].device) is not head._reference_head
+
+
+def test_module_with_triton_backend_matches_reference(rng):
+    x = torch.rand(2, 3, 32, 40, generator=rng, dtype=torch.float64)
+    y = (x + 0.1 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    kernel = msds.MSDS(levels=2, weights=None, backend="triton").double()
+    ref = msds.MSDS(levels=2, weights=None, backend="reference").double()
+    np.testing.assert_allclose(kernel.level_scores(x, y).numpy(), ref.level_scores(x, y).numpy(), rtol=0, atol=1e-10)
