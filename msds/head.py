@@ -101,8 +101,11 @@ def multiscale_gram_ssim(
                 f"({_checks.describe(first)}), got {_checks.describe(fx)}"
             )
     head = select_head(backend, fxs[0].device, len(fxs))
+    device_type = fxs[0].device.type
+    if not torch.amp.is_autocast_available(device_type):
+        return head(list(fxs), list(fys), eps, precision)
     # Autocast would recast the reference's fp32 Gram products to 16 bits.
-    with torch.autocast(device_type=fxs[0].device.type, enabled=False):
+    with torch.autocast(device_type=device_type, enabled=False):
         return head(list(fxs), list(fys), eps, precision)
 
 

@@ -22,10 +22,11 @@ ROWS = [
 IDS = [f"B{b}-C{c}-L{len(s)}" for b, c, s in ROWS]
 
 
-def leaves(batch, channels, sizes, generator, dtype=torch.float64, grad=(True, True)):
+def leaves(batch, channels, sizes, generator, device, dtype=torch.float64, grad=(True, True)):
     fxs = [relu_features((batch, channels, h, w), generator).to(dtype) for h, w in sizes]
     fys = [(f.double() + relu_features(f.shape, generator)).to(dtype) for f in fxs]
-    return [f.requires_grad_(grad[0]) for f in fxs], [f.requires_grad_(grad[1]) for f in fys]
+    return ([f.to(device).requires_grad_(grad[0]) for f in fxs],
+            [f.to(device).requires_grad_(grad[1]) for f in fys])
 
 
 def gradients(head, fxs, fys, weights):
@@ -44,9 +45,9 @@ def exact(fxs, fys):
 
 
 @pytest.mark.parametrize("batch,channels,sizes", ROWS, ids=IDS)
-def test_float64_gradients_match_reference_autograd(batch, channels, sizes, rng):
-    fxs, fys = leaves(batch, channels, sizes, rng)
-    weights = torch.rand(batch, len(sizes), generator=rng, dtype=torch.float64)
+def test_float64_gradients_match_reference_autograd(batch, channels, sizes, rng, device):
+    fxs, fys = leaves(batch, channels, sizes, rng, device)
+    weights = torch.rand(batch, len(sizes), generator=rng, dtype=torch.float64).to(device)
     got = gradients(kernel, fxs, fys, weights)
     expected = gradients(exact, fxs, fys, weights)
     for g, e in zip(got, expected):
@@ -55,9 +56,9 @@ def test_float64_gradients_match_reference_autograd(batch, channels, sizes, rng)
 
 
 @pytest.mark.parametrize("batch,channels,sizes", ROWS[:6], ids=IDS[:6])
-def test_float32_gradients_within_twice_the_reference_error(batch, channels, sizes, rng):
-    fxs, fys = leaves(batch, channels, sizes, rng, torch.float32)
-    weights = torch.rand(batch, len(sizes), generator=rng)
+def test_float32_gradients_within_twice_the_reference_error(batch, channels, sizes, rng, device):
+    fxs, fys = leaves(batch, channels, sizes, rng, device, torch.float32)
+    weights = torch.rand(batch, len(sizes), generator=rng).to(device)
     truth = gradients(exact, [f.detach().double().requires_grad_() for f in fxs],
                       [f.detach().double().requires_grad_() for f in fys], weights)
     got = gradients(kernel, fxs, fys, weights)
@@ -69,51 +70,51 @@ def test_float32_gradients_within_twice_the_reference_error(batch, channels, siz
         assert kernel_error <= 2 * reference_error + 1e-6, (kernel_error, reference_error)
 
 
-def test_gradient_for_one_input_only(rng):
-    fxs, fys = leaves(2, 12, [(3, 3), (1, 2)], rng, grad=(True, False))
+def test_gradient_for_one_input_only(rng, device):
+    fxs, fys = leaves(2, 12, [(3, 3), (1, 2)], rng, device, grad=(True, False))
     kernel(fxs, fys).sum().backward()
     assert all(f.grad is not None for f in fxs) and all(f.grad is None for f in fys)
     fresh = [f.detach().requires_grad_() for f in fxs]
     expected = torch.autograd.grad(exact(fresh, fys).sum(), fresh)
     for f, e in zip(fxs, expected):
         torch.testing.assert_close(f.grad, e, rtol=1e-9, atol=1e-14)
-    gxs, gys = leaves(2, 12, [(3, 3)], rng, grad=(False, True))
+    gxs, gys = leaves(2, 12, [(3, 3)], rng, device, grad=(False, True))
     kernel(gxs, gys).sum().backward()
     assert gxs[0].grad is None and gys[0].grad is not None
 
 
-def test_gradients_are_bitwise_deterministic(rng):
-    fxs, fys = leaves(2, 36, [(5, 4), (2, 2)], rng, torch.float32)
-    first = gradients(kernel, fxs, fys, torch.ones(2, 2))
-    second = gradients(kernel, fxs, fys, torch.ones(2, 2))
+def test_gradients_are_bitwise_deterministic(rng, device):
+    fxs, fys = leaves(2, 36, [(5, 4), (2, 2)], rng, device, torch.float32)
+    first = gradients(kernel, fxs, fys, torch.ones(2, 2, device=device))
+    second = gradients(kernel, fxs, fys, torch.ones(2, 2, device=device))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_low_precision_gradients_come_back_in_the_input_dtype(rng):
-    fxs, fys = leaves(1, 16, [(4, 4)], rng, torch.float16)
-    grads = gradients(kernel, fxs, fys, torch.ones(1, 1))
+def test_low_precision_gradients_come_back_in_the_input_dtype(rng, device):
+    fxs, fys = leaves(1, 16, [(4, 4)], rng, device, torch.float16)
+    grads = gradients(kernel, fxs, fys, torch.ones(1, 1, device=device))
     assert all(g.dtype == torch.float16 for g in grads)
 
 
-def test_gradcheck_through_the_kernels(rng):
-    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng)
+def test_gradcheck_through_the_kernels(rng, device):
+    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng, device)
     assert torch.autograd.gradcheck(lambda a0, a1, b0, b1: kernel([a0, a1], [b0, b1]), (*fxs, *fys))
 
 
-def test_opcheck_of_the_custom_op(rng):
+def test_opcheck_of_the_custom_op(rng, device):
     from msds.kernels import ops
 
-    fxs, fys = leaves(2, 12, [(3, 2), (1, 1)], rng)
+    fxs, fys = leaves(2, 12, [(3, 2), (1, 1)], rng, device)
     torch.library.opcheck(ops.gram_ssim_forward_op, (fxs, fys, 1e-6, "tf32x3"))
-    grad = torch.rand(2, 2, generator=rng, dtype=torch.float64)
+    grad = torch.rand(2, 2, generator=rng, dtype=torch.float64).to(device)
     detached = ([f.detach() for f in fxs], [f.detach() for f in fys])
     torch.library.opcheck(ops.gram_ssim_backward_op, (grad, *detached, 1e-6, "tf32x3", True, True))
 
 
-def test_compiles_into_one_graph(rng):
+def test_compiles_into_one_graph(rng, device):
     # The custom ops keep torch.compile from breaking the graph; the
     # aot_eager backend traces forward and backward without generating code.
-    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng, grad=(True, False))
+    fxs, fys = leaves(1, 8, [(2, 2), (1, 1)], rng, device, grad=(True, False))
 
     def loss(a0, a1, b0, b1):
         return (1 - msds.multiscale_gram_ssim([a0, a1], [b0, b1], backend="triton")).mean()
@@ -128,13 +129,27 @@ def test_compiles_into_one_graph(rng):
         torch.testing.assert_close(f.grad, e)
 
 
-def test_loss_through_the_trunk_matches_reference_gradients(rng):
-    x = torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64)
-    y = (x + 0.2 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+def test_loss_through_the_trunk_matches_reference_gradients(rng, device):
+    x = torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64).to(device)
+    y = (x + 0.2 * torch.rand(x.shape, generator=rng, dtype=torch.float64).to(device)).clamp(0, 1)
     grads = []
     for backend in ("triton", "reference"):
-        loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True, backend=backend).double()
+        loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True, backend=backend).double().to(device)
         pred = x.clone().requires_grad_()
         loss_fn(pred, y).backward()
         grads.append(pred.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 dots need a GPU (the interpreter cannot run them)")
+def test_bfloat16_gradients_on_gpu(rng):
+    fxs, fys = leaves(2, 64, [(8, 8), (4, 4), (2, 2)], rng, "cuda", torch.bfloat16)
+    weights = torch.rand(2, 3, generator=rng).cuda()
+    truth = gradients(exact, [f.detach().double().requires_grad_() for f in fxs],
+                      [f.detach().double().requires_grad_() for f in fys], weights)
+    got = gradients(kernel, fxs, fys, weights)
+    ref = gradients(lambda a, b: reference.multiscale_scores(a, b, 1e-6), fxs, fys, weights)
+    for g, r, t in zip(got, ref, truth):
+        scale = t.abs().max().item()
+        # Both round the gradient to bf16 at the end; compare before that rounding dominates.
+        assert (g.double() - t).abs().max().item() / scale <= 2 * (r.double() - t).abs().max().item() / scale + 1e-2

@@ -29,10 +29,10 @@ ROWS = [
 IDS = [f"B{b}-C{c}-L{len(s)}-{'_'.join(f'{h}x{w}' for h, w in s)}" for b, c, s in ROWS]
 
 
-def features(batch, channels, sizes, generator, dtype=torch.float64):
+def features(batch, channels, sizes, generator, device, dtype=torch.float64):
     fxs = [relu_features((batch, channels, h, w), generator, dtype) for h, w in sizes]
     fys = [(f.double() + relu_features(f.shape, generator)).to(dtype) for f in fxs]
-    return fxs, fys
+    return [f.to(device) for f in fxs], [f.to(device) for f in fys]
 
 
 def truth(fxs, fys):
@@ -41,42 +41,42 @@ def truth(fxs, fys):
 
 
 @pytest.mark.parametrize("batch,channels,sizes", ROWS, ids=IDS)
-def test_float64_matches_oracle(batch, channels, sizes, rng):
-    fxs, fys = features(batch, channels, sizes, rng)
+def test_float64_matches_oracle(batch, channels, sizes, rng, device):
+    fxs, fys = features(batch, channels, sizes, rng, device)
     got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
     assert got.dtype == torch.float64 and got.shape == (batch, len(sizes))
-    np.testing.assert_allclose(got.numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.cpu().numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
 
 
 def assert_within_reference_error(got, fxs, fys, atol):
     """Kernel error at most twice the fp32 reference's own error, plus atol."""
     exact = truth(fxs, fys)
-    kernel_error = np.abs(got.double().numpy() - exact).max()
-    reference_error = np.abs(reference.multiscale_scores(fxs, fys, 1e-6).double().numpy() - exact).max()
+    kernel_error = np.abs(got.double().cpu().numpy() - exact).max()
+    reference_error = np.abs(reference.multiscale_scores(fxs, fys, 1e-6).double().cpu().numpy() - exact).max()
     assert kernel_error <= 2 * reference_error + atol, (kernel_error, reference_error)
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float16, 1e-6)])
 @pytest.mark.parametrize("batch,channels,sizes", ROWS[:8], ids=IDS[:8])
-def test_low_precision_within_twice_the_reference_error(batch, channels, sizes, dtype, atol, rng):
-    fxs, fys = features(batch, channels, sizes, rng, dtype)
+def test_low_precision_within_twice_the_reference_error(batch, channels, sizes, dtype, atol, rng, device):
+    fxs, fys = features(batch, channels, sizes, rng, device, dtype)
     got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
     assert got.dtype == torch.float32
     assert_within_reference_error(got, fxs, fys, atol)
 
 
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
-def test_every_precision_runs(precision, rng):
+def test_every_precision_runs(precision, rng, device):
     # The interpreter multiplies in exact fp32 whatever the precision; on a GPU
     # the TF32 error is measured by bench/gpu_check.py.
-    fxs, fys = features(2, 16, [(3, 3), (1, 2)], rng, torch.float32)
+    fxs, fys = features(2, 16, [(3, 3), (1, 2)], rng, device, torch.float32)
     got = msds.multiscale_gram_ssim(fxs, fys, backend="triton", precision=precision)
     assert_within_reference_error(got, fxs, fys, 1e-6)
 
 
-def test_channels_last_sliced_and_broadcast_inputs(rng):
-    base_x = relu_features((3, 24, 9, 10), rng)
-    base_y = relu_features((1, 24, 9, 10), rng)
+def test_channels_last_sliced_and_broadcast_inputs(rng, device):
+    base_x = relu_features((3, 24, 9, 10), rng).to(device)
+    base_y = relu_features((1, 24, 9, 10), rng).to(device)
     cases = [
         ([base_x.to(memory_format=torch.channels_last)], [base_x.flip(0).to(memory_format=torch.channels_last)]),
         ([base_x[:, 4:20, 1:, ::2]], [base_x.flip(0)[:, 4:20, 1:, ::2]]),  # channel, row and column slices
@@ -85,11 +85,11 @@ def test_channels_last_sliced_and_broadcast_inputs(rng):
     ]
     for fxs, fys in cases:
         got = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
-        np.testing.assert_allclose(got.numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got.cpu().numpy(), truth(fxs, fys), rtol=0, atol=1e-10)
 
 
-def test_identical_inputs_score_exactly_one_and_symmetry_is_exact(rng):
-    fxs, fys = features(2, 20, [(4, 4), (2, 1)], rng, torch.float32)
+def test_identical_inputs_score_exactly_one_and_symmetry_is_exact(rng, device):
+    fxs, fys = features(2, 20, [(4, 4), (2, 1)], rng, device, torch.float32)
     same = msds.multiscale_gram_ssim(fxs, [f.clone() for f in fxs], backend="triton")
     assert torch.equal(same, torch.ones_like(same))
     forward = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
@@ -97,31 +97,51 @@ def test_identical_inputs_score_exactly_one_and_symmetry_is_exact(rng):
     assert torch.equal(forward, swapped)
 
 
-def test_bitwise_deterministic(rng):
-    fxs, fys = features(2, 36, [(5, 4), (2, 2)], rng, torch.float32)
+def test_bitwise_deterministic(rng, device):
+    fxs, fys = features(2, 36, [(5, 4), (2, 2)], rng, device, torch.float32)
     first = msds.multiscale_gram_ssim(fxs, fys, backend="triton")
     assert torch.equal(first, msds.multiscale_gram_ssim(fxs, fys, backend="triton"))
 
 
-def test_too_many_levels_for_the_kernel(rng):
-    fxs, fys = features(1, 4, [(1, 1)] * 7, rng)
+def test_too_many_levels_for_the_kernel(rng, device):
+    fxs, fys = features(1, 4, [(1, 1)] * 7, rng, device)
     with pytest.raises(ValueError, match="backend='triton' takes 1 to 6 levels, got 7"):
         msds.multiscale_gram_ssim(fxs, fys, backend="triton")
     # "auto" falls back to the reference beyond six levels.
     assert msds.multiscale_gram_ssim(fxs, fys).shape == (1, 7)
 
 
-def test_auto_uses_the_reference_for_cpu_tensors(rng, monkeypatch):
+def test_auto_picks_the_kernels_for_cuda_tensors_only():
     from msds import head
 
-    fxs, fys = features(1, 8, [(2, 2)], rng)
-    assert head.select_head("auto", fxs[0].device) is head._reference_head
-    assert head.select_head("triton", fxs[0].device) is not head._reference_head
+    assert head.select_head("auto", torch.device("cpu")) is head._reference_head
+    assert head.select_head("triton", torch.device("cpu")) is not head._reference_head
+    assert head.select_head("auto", torch.device("cuda")) is not head._reference_head
+    assert head.select_head("auto", torch.device("cuda"), levels=7) is head._reference_head
 
 
-def test_module_with_triton_backend_matches_reference(rng):
-    x = torch.rand(2, 3, 32, 40, generator=rng, dtype=torch.float64)
-    y = (x + 0.1 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
-    kernel = msds.MSDS(levels=2, weights=None, backend="triton").double()
-    ref = msds.MSDS(levels=2, weights=None, backend="reference").double()
-    np.testing.assert_allclose(kernel.level_scores(x, y).numpy(), ref.level_scores(x, y).numpy(), rtol=0, atol=1e-10)
+def test_module_with_triton_backend_matches_reference(rng, device):
+    x = torch.rand(2, 3, 32, 40, generator=rng, dtype=torch.float64).to(device)
+    y = (x + 0.1 * torch.rand(x.shape, generator=rng, dtype=torch.float64).to(device)).clamp(0, 1)
+    kernel = msds.MSDS(levels=2, weights=None, backend="triton").double().to(device)
+    ref = msds.MSDS(levels=2, weights=None, backend="reference").double().to(device)
+    torch.testing.assert_close(kernel.level_scores(x, y), ref.level_scores(x, y), rtol=0, atol=1e-10)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 and TF32 dots need a GPU (the interpreter cannot run them)")
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch,channels,sizes", ROWS[:8], ids=IDS[:8])
+def test_bfloat16_within_twice_the_reference_error_on_gpu(batch, channels, sizes, rng):
+    fxs, fys = features(batch, channels, sizes, rng, "cuda", torch.bfloat16)
+    assert_within_reference_error(msds.multiscale_gram_ssim(fxs, fys, backend="triton"), fxs, fys, 1e-6)
+
+
+@needs_gpu
+def test_tf32_mode_error_is_bounded_on_gpu(rng):
+    # TF32 keeps 10 mantissa bits of each product's operands: on ReLU-like
+    # features its score error stays below 1e-3 (measured values: README).
+    fxs, fys = features(4, 512, [(16, 16), (8, 8), (4, 4)], rng, "cuda", torch.float32)
+    got = msds.multiscale_gram_ssim(fxs, fys, backend="triton", precision="tf32")
+    assert np.abs(got.double().cpu().numpy() - truth(fxs, fys)).max() < 1e-3
