@@ -5,11 +5,38 @@ of VGG16 relu5_1 features, TPAMI 2025) at every level of an image pyramid and
 fuses the per-level scores with learnable weights.
 """
 
-from msds.backbone import VGG16Trunk
-from msds.head import gram_ssim, multiscale_gram_ssim
-from msds.metric import MSDS, DeepSSIM, ReferenceFeatures
-from msds.pyramid import image_pyramid
-from msds.weights import WeightsError, save_trimmed_weights
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _adopt_checkout_kernels() -> None:
+    """Make kernels/ importable as msds.kernels when running from a source checkout.
+
+    Installed copies (editable or not) place it there already; a bare checkout
+    on a machine where nothing can be installed has it beside msds/ instead.
+    """
+    if importlib.util.find_spec("msds.kernels") is not None:
+        return
+    folder = Path(__file__).resolve().parent.parent / "kernels"
+    if not (folder / "__init__.py").is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "msds.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["msds.kernels"] = module
+    spec.loader.exec_module(module)
+    globals()["kernels"] = module  # what the import system does for a found submodule
+
+
+_adopt_checkout_kernels()
+
+from msds.backbone import VGG16Trunk  # noqa: E402
+from msds.head import gram_ssim, multiscale_gram_ssim  # noqa: E402
+from msds.metric import MSDS, DeepSSIM, ReferenceFeatures  # noqa: E402
+from msds.pyramid import image_pyramid  # noqa: E402
+from msds.weights import WeightsError, save_trimmed_weights  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,67 @@
+"""What the benchmark suites share: shapes, synchronisation, memory, environment."""
+
+from __future__ import annotations
+
+import platform
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+# Feature maps of the trunk (C = 512) for 3 levels of 256 x 256 and 1024 x 1024 images.
+HEAD_CASES: Dict[str, Tuple[int, List[Tuple[int, int]]]] = {
+    "256px-B16": (16, [(16, 16), (8, 8), (4, 4)]),
+    "256px-B64": (64, [(16, 16), (8, 8), (4, 4)]),
+    "256px-B256": (256, [(16, 16), (8, 8), (4, 4)]),
+    "1024px-B16": (16, [(64, 64), (32, 32), (16, 16)]),
+}
+CHANNELS = 512
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def smoke(device: torch.device) -> bool:
+    """On the CPU the suites only check that their code runs: tiny shapes."""
+    return device.type != "cuda"
+
+
+def head_shapes(case: str, device: torch.device) -> Tuple[int, int, List[Tuple[int, int]]]:
+    """(batch, channels, per-level sizes) of a case, shrunk for a CPU smoke run."""
+    batch, sizes = HEAD_CASES[case]
+    if smoke(device):
+        return 1, 16, [(min(h, 3), min(w, 3)) for h, w in sizes]
+    return batch, CHANNELS, sizes
+
+
+def relu_like(shape, dtype: torch.dtype, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """Sparse non-negative maps with the statistics of post-ReLU features."""
+    values = torch.randn(shape, generator=generator) * torch.rand(shape[1], 1, 1, generator=generator) * 2 + 0.3
+    return values.relu_().to(device=device, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated at peak by one call of fn beyond what was allocated before it."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    """What a benchmark result depends on, for its extra_info."""
+    info: Dict[str, object] = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return info

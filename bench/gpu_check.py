@@ -1,0 +1,208 @@
+"""One command for every GPU check: `python -m bench.gpu_check`.
+
+On a CUDA machine, with only that machine's own packages, it
+1. runs the kernel parity tests on the GPU (fp32, fp16, bf16, TF32 mode,
+   gradients),
+2. measures each precision mode's score error against float64 on trunk
+   features of real-looking images,
+3. checks torch.compile(fullgraph=True) of the MSDS loss, forward and backward,
+4. runs the head benchmarks (Triton against the reference, same run),
+and prints a short table of each, saving everything as JSON (--out).
+`--smoke` runs the same code on the CPU with tiny shapes under the Triton
+interpreter, to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU dry run with tiny shapes (interpreter)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--skip-tests", action="store_true", help="skip the parity tests")
+    parser.add_argument("--skip-bench", action="store_true", help="skip the benchmarks")
+    return parser.parse_args()
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.smoke:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import msds  # noqa: E402
+from msds import demo, reference  # noqa: E402
+
+
+def device_env(smoke: bool) -> dict:
+    env = dict(os.environ)
+    env["MSDS_TEST_DEVICE"] = "cpu" if smoke else "cuda"
+    if not smoke:
+        env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def run_tests(smoke: bool) -> dict:
+    files = ["tests/test_triton_forward.py", "tests/test_triton_backward.py", "tests/test_reference_head.py"]
+    selection = ["-k", "float64_matches_oracle and B1-C4"] if smoke else []
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, *selection],
+                            cwd=ROOT, env=device_env(smoke), capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    summary = lines[-1] if lines else result.stderr.strip()[-500:]
+    failures = [line for line in lines if line.startswith("FAILED")]
+    return {"returncode": result.returncode, "summary": summary, "failures": failures,
+            "seconds": round(time.time() - started, 1)}
+
+
+def trunk_features(model: msds.MSDS, size: int, device: torch.device):
+    """Per-level features of the demo reference and its distortions (real-looking images)."""
+    reference_image = demo.reference_image(size)
+    _, distorted = demo.distortion_ladder(reference_image)
+    y = torch.from_numpy(reference_image).permute(2, 0, 1).unsqueeze(0).expand(len(distorted), -1, -1, -1)
+    with torch.no_grad():
+        xs = [model.trunk(level.to(device)) for level in msds.image_pyramid(distorted.to(device), model.levels)]
+        ys = [model.trunk(level.to(device)) for level in msds.image_pyramid(y.contiguous().to(device), model.levels)]
+    return xs, ys
+
+
+def precision_table(device: torch.device, smoke: bool) -> dict:
+    """Max and mean |score - float64 score| of each mode on realistic features."""
+    size, levels = (32, 2) if smoke else (256, 3)
+    try:
+        model, weights = msds.MSDS(levels=levels).to(device), "imagenet"
+    except msds.WeightsError:
+        model, weights = msds.MSDS(levels=levels, weights=None).to(device), "random"
+    xs, ys = trunk_features(model, size, device)
+    truth = reference.multiscale_scores([f.double() for f in xs], [f.double() for f in ys], 1e-6)
+    modes = {"reference fp32": lambda: reference.multiscale_scores(xs, ys, 1e-6)}
+    for precision in ("ieee", "tf32x3", "tf32"):
+        modes[f"triton fp32 {precision}"] = lambda p=precision: msds.multiscale_gram_ssim(
+            xs, ys, backend="triton", precision=p)
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        low = ([f.to(dtype) for f in xs], [f.to(dtype) for f in ys])
+        modes[f"reference {name} features"] = lambda low=low: reference.multiscale_scores(*low, 1e-6)
+        if not (smoke and dtype == torch.bfloat16):  # the interpreter cannot do bf16 dots
+            modes[f"triton {name} features"] = lambda low=low: msds.multiscale_gram_ssim(*low, backend="triton")
+    rows = {}
+    for name, fn in modes.items():
+        error = (fn().double() - truth).abs()
+        rows[name] = {"max_abs_error": error.max().item(), "mean_abs_error": error.mean().item()}
+    return {"weights": weights, "image_size": size, "levels": levels, "pairs": xs[0].shape[0], "modes": rows}
+
+
+def compile_check(device: torch.device, smoke: bool) -> dict:
+    """torch.compile(fullgraph=True) of the loss: same value and gradient as eager."""
+    size = 32 if smoke else 64
+    loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True, backend="triton").to(device)
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, size, size, generator=generator).to(device)
+    pred = (target + 0.1 * torch.rand(target.shape, generator=generator).to(device)).clamp(0, 1)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager" if smoke else "inductor")
+    results = []
+    for fn in (loss_fn, compiled):
+        x = pred.clone().requires_grad_()
+        value = fn(x, target)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    (eager_value, eager_grad), (value, grad) = results
+    return {
+        "backend": "aot_eager" if smoke else "inductor",
+        "value_difference": (value - eager_value).abs().item(),
+        "grad_relative_difference": ((grad - eager_grad).abs().max() / eager_grad.abs().max()).item(),
+    }
+
+
+def run_benchmarks(smoke: bool, json_path: Path) -> dict:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/bench_head.py",
+               "--benchmark-enable", f"--benchmark-json={json_path}"]
+    if smoke:
+        command += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"]
+    result = subprocess.run(command, cwd=ROOT, env=device_env(smoke), capture_output=True, text=True)
+    if result.returncode != 0 or not json_path.exists():
+        return {"returncode": result.returncode, "error": result.stdout[-2000:] + result.stderr[-2000:]}
+    report = json.loads(json_path.read_text())
+    rows = {}
+    for bench in report["benchmarks"]:
+        info = bench["extra_info"]
+        row = rows.setdefault(bench["group"], {})
+        row[info["backend"]] = {"median_ms": bench["stats"]["median"] * 1e3, "peak_extra_bytes": info["peak_extra_bytes"]}
+    for row in rows.values():
+        if "triton" in row and "reference" in row:
+            row["speedup"] = row["reference"]["median_ms"] / row["triton"]["median_ms"]
+            mems = row["triton"]["peak_extra_bytes"], row["reference"]["peak_extra_bytes"]
+            row["memory_ratio"] = mems[0] / mems[1] if None not in mems and mems[1] else None
+    return {"returncode": result.returncode, "machine": report.get("machine_info", {}).get("node"), "groups": rows}
+
+
+def print_tables(results: dict) -> None:
+    print(f"\n== device: {results['device']} | torch {results['torch']} | triton {results['triton']}")
+    if "tests" in results:
+        tests = results["tests"]
+        print(f"\n== parity tests ({tests['seconds']} s): {tests['summary']}")
+        for line in tests["failures"]:
+            print("   ", line)
+    table = results["precision"]
+    print(f"\n== score error vs float64 ({table['weights']} trunk, {table['pairs']} pairs of "
+          f"{table['image_size']}px images, {table['levels']} levels)")
+    for name, row in table["modes"].items():
+        print(f"   {name:28s} max {row['max_abs_error']:.2e}   mean {row['mean_abs_error']:.2e}")
+    check = results["compile"]
+    print(f"\n== torch.compile(fullgraph=True, backend={check['backend']}) of the loss: value diff "
+          f"{check['value_difference']:.1e}, grad rel diff {check['grad_relative_difference']:.1e}")
+    if "bench" in results:
+        bench = results["bench"]
+        if "groups" not in bench:
+            print("\n== benchmarks FAILED:\n", bench["error"])
+            return
+        print("\n== head benchmarks (median ms; speedup and peak extra memory vs the reference, same run)")
+        for group, row in sorted(bench["groups"].items()):
+            triton_ms = row.get("triton", {}).get("median_ms", float("nan"))
+            ref_ms = row.get("reference", {}).get("median_ms", float("nan"))
+            memory = row.get("memory_ratio")
+            print(f"   {group:42s} triton {triton_ms:9.3f}  reference {ref_ms:9.3f}  "
+                  f"x{row.get('speedup', float('nan')):6.1f}  memory {'-' if memory is None else f'{memory:.3%}'}")
+
+
+def main() -> int:
+    args = ARGS or parse_args()
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench.gpu_check needs a CUDA GPU; use --smoke for a CPU dry run", file=sys.stderr)
+        return 2
+    import triton
+
+    started = time.time()
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
+               "torch": torch.__version__, "triton": triton.__version__}
+    if not args.skip_tests:
+        results["tests"] = run_tests(args.smoke)
+    results["precision"] = precision_table(device, args.smoke)
+    results["compile"] = compile_check(device, args.smoke)
+    if not args.skip_bench:
+        json_path = (args.out or ROOT / "bench" / "results" / "last.json").with_suffix(".benchmarks.json")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        results["bench"] = run_benchmarks(args.smoke, json_path)
+    results["seconds"] = round(time.time() - started, 1)
+    print_tables(results)
+    print(f"\n== total {results['seconds']} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    ok = results.get("tests", {}).get("returncode", 0) == 0 and results.get("bench", {}).get("returncode", 0) == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
