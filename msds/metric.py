@@ -214,7 +214,7 @@ class MSDS(_DeepFeatureMetric):
     def fuse(self, level_scores: torch.Tensor) -> torch.Tensor:
         """(B, L) level scores -> (B,) fused scores."""
         weights = self.fusion_weights().to(level_scores.dtype)
-        return level_scores @ weights
+        return (level_scores * weights).sum(1)  # not a matmul, which autocast would run in 16 bits
 
     def forward(self, x: torch.Tensor, y: Union[torch.Tensor, ReferenceFeatures]) -> torch.Tensor:
         """Fused MSDS score of x against y, (B,) or reduced; 1 - score as a loss."""

@@ -1,0 +1,83 @@
+"""MSDS as a drop-in training loss: DDP, autocast, channels_last, torch.compile."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import msds
+
+HERE = Path(__file__).parent
+
+
+def pair(generator, shape=(2, 3, 32, 32)):
+    target = torch.rand(shape, generator=generator)
+    pred = (target + 0.2 * torch.rand(shape, generator=generator)).clamp(0, 1)
+    return pred, target
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single.pt"
+    double = tmp_path / "ddp.pt"
+    run = subprocess.run([sys.executable, str(HERE / "ddp_step.py"), str(single)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(HERE / "ddp_step.py"), str(double)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = torch.load(single), torch.load(double)
+    assert two["loss_unchanged"] and two["loss_no_grads"] and one["loss_unchanged"]
+    for step_one, step_two in zip(one["grads"], two["grads"]):
+        for name, grad in step_one.items():
+            torch.testing.assert_close(step_two[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_autocast_keeps_fp32_statistics(rng):
+    loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True)
+    pred, target = pair(rng)
+    pred.requires_grad_()
+    reference = loss_fn(pred, target)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            scores = loss_fn.level_scores(pred, target)
+            value = loss_fn(pred, target)
+        assert scores.dtype == torch.float32 and value.dtype == torch.float32
+        (grad,) = torch.autograd.grad(value, pred)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        # The trunk runs in 16 bits: the loss moves by its rounding only.
+        assert abs(value.item() - reference.item()) < 0.05
+
+
+def test_channels_last_images_give_the_same_loss(rng):
+    loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True).double()
+    pred, target = (t.double() for t in pair(rng))
+    channels_last = [t.to(memory_format=torch.channels_last) for t in (pred, target)]
+    torch.testing.assert_close(loss_fn(*channels_last), loss_fn(pred, target), rtol=1e-12, atol=1e-12)
+
+
+def test_compiles_whole_with_fullgraph(rng):
+    loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True)
+    pred, target = pair(rng)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    x = pred.clone().requires_grad_()
+    value = compiled(x, target)
+    value.backward()
+    y = pred.clone().requires_grad_()
+    expected = loss_fn(y, target)
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_optimiser_given_the_loss_parameters_changes_nothing(rng):
+    loss_fn = msds.MSDS(levels=1, weights=None, as_loss=True)
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    optimiser = torch.optim.AdamW(loss_fn.parameters(), lr=1.0, weight_decay=0.5)
+    pred, target = pair(rng)
+    loss_fn(pred.requires_grad_(), target).backward()
+    optimiser.step()
+    assert all(torch.equal(v, before[k]) for k, v in loss_fn.state_dict().items())
