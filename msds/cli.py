@@ -12,6 +12,8 @@ import torch
 
 from msds import demo
 from msds._checks import min_side
+from msds.evaluate import DatasetError, evaluate
+from msds.fusion import FusionError, fit_fusion, read_level_scores, save_fusion
 from msds.images import ImageError, load_image, pair_paths, to_image
 from msds.metric import MSDS
 from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
@@ -33,10 +35,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_model(levels: int, weights: WeightsArg, device: str) -> MSDS:
+def build_model(levels: int, weights: WeightsArg, device: str, fusion: Optional[str] = None) -> MSDS:
     try:
-        return MSDS(levels=levels, weights=weights).to(device)
-    except (WeightsError, ValueError, TypeError) as err:
+        return MSDS(levels=levels, weights=weights, fusion=fusion).to(device)
+    except (WeightsError, FusionError, ValueError, TypeError) as err:
         raise CommandError(str(err)) from err
 
 
@@ -68,7 +70,7 @@ def score_pair(model: MSDS, ref: Path, dist: Path, device: str) -> torch.Tensor:
 
 def run_score(args: argparse.Namespace) -> None:
     pairs = pair_paths(Path(args.ref), Path(args.dist))
-    model = build_model(args.levels, weights_arg(args.weights), args.device)
+    model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
     results = [(ref, dist, score_pair(model, ref, dist, args.device)) for ref, dist in pairs]
     if args.json:
         report = {
@@ -91,7 +93,7 @@ def run_demo(args: argparse.Namespace) -> None:
         raise CommandError(f"--size: expected at least {min_side(args.levels)} for --levels {args.levels}, got {args.size}")
     weights = weights_arg(args.weights)
     try:
-        model = MSDS(levels=args.levels, weights=weights).to(args.device)
+        model = MSDS(levels=args.levels, weights=weights, fusion=args.fusion).to(args.device)
     except WeightsError as err:
         if args.weights != "imagenet":
             raise CommandError(str(err)) from err
@@ -101,7 +103,7 @@ def run_demo(args: argparse.Namespace) -> None:
             f"  why: {err}\n",
             file=sys.stderr,
         )
-        model = MSDS(levels=args.levels, weights=None).to(args.device)
+        model = MSDS(levels=args.levels, weights=None, fusion=args.fusion).to(args.device)
     reference = demo.reference_image(args.size)
     labels, distorted = demo.distortion_ladder(reference)
     y = torch.from_numpy(reference).permute(2, 0, 1).unsqueeze(0)
@@ -135,6 +137,55 @@ def save_demo_images(folder: Path, reference: torch.Tensor, labels, distorted: t
         to_image(image).save(folder / f"{name}_{strength.replace('=', '')}.png")
 
 
+def format_correlations(report: dict) -> str:
+    if "srcc" not in report:
+        return "too few scored pairs for correlations"
+    return (f"SRCC {report['srcc']:.4f}  KRCC {report['krcc']:.4f}  PLCC {report['plcc']:.4f}  "
+            f"RMSE {report['rmse']:.4f}  ({report['pairs']} pairs; PLCC/RMSE after {report['mapping']} mapping)")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    model_args = {"levels": args.levels, "weights": weights_arg(args.weights), "fusion": args.fusion}
+    try:
+        report = evaluate(Path(args.csv), Path(args.root), Path(args.out), model_args, args.batch_size,
+                          args.device, args.skip_bad, progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if report is None:  # not rank 0
+        return
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    for item in report["skipped"]:
+        print(f"skipped: {item['ref']} -> {item['dist']}: {item['reason']}", file=sys.stderr)
+    print(f"scored {report['scored']} of {report['pairs']} pairs ({len(report['skipped'])} skipped); "
+          f"per-pair results in {args.out}")
+    print(format_correlations(report))
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    data = read_level_scores(Path(args.scores))
+    report = fit_fusion(data, args.test_fraction, args.seed, args.steps, args.lower_is_better)
+    info = {"objective": "maximise Pearson correlation of the fused score with the MOS on the training references",
+            "source": str(args.scores), "test_fraction": args.test_fraction, "seed": args.seed,
+            "lower_is_better": args.lower_is_better, "report": report}
+    save_fusion(Path(args.out), report["logits"], info)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    weights = ", ".join(f"{w:.3f}" for w in report["weights"])
+    print(f"fusion weights: {weights}  (written to {args.out})")
+    print(f"train: {report['train_pairs']} pairs of {report['train_references']} references; "
+          f"test: {report['test_pairs']} pairs of {report['test_references']} references")
+    for part in ("test", "train"):
+        if part in report:
+            print(f"{part} before (uniform): {format_correlations(report[part]['before'])}")
+            print(f"{part} after (fitted):  {format_correlations(report[part]['after'])}")
+
+
 def run_trim(args: argparse.Namespace) -> None:
     try:
         path = save_trimmed_weights(args.source, args.destination)
@@ -150,6 +201,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msds", description="MSDS and DeepSSIM image-quality metrics.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
             default="imagenet",
             help="imagenet (default; torchvision's VGG16 file, or $MSDS_VGG16_WEIGHTS), random, or a file path",
         )
+        command.add_argument("--fusion", metavar="PATH", help="fusion weights written by `msds fit`")
         command.add_argument("--device", default=default_device(), help="torch device (default: cuda if available)")
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -176,6 +235,27 @@ def make_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--save", metavar="DIR", help="also write the demo images as PNG files to DIR")
     demo_cmd.set_defaults(run=run_demo)
 
+    evaluation = commands.add_parser("eval", help="score a dataset CSV (ref, dist, mos) and correlate with the MOS")
+    evaluation.add_argument("--csv", required=True, help="CSV with columns ref, dist, mos")
+    evaluation.add_argument("--root", default=".", help="folder the CSV's paths are relative to")
+    evaluation.add_argument("--out", required=True, help="per-pair results CSV (resumes if a run was interrupted)")
+    evaluation.add_argument("--batch-size", type=positive_int, default=16, help="distorted images per batch")
+    evaluation.add_argument("--skip-bad", action="store_true",
+                            help="skip pairs with missing or unreadable images, reporting each, instead of stopping")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress report on stderr")
+    model_options(evaluation)
+    evaluation.set_defaults(run=run_eval)
+
+    fit = commands.add_parser("fit", help="fit the fusion weights to MOS from `msds eval --out` results")
+    fit.add_argument("scores", help="per-pair results CSV written by msds eval --out")
+    fit.add_argument("--out", required=True, help="fusion file to write (JSON)")
+    fit.add_argument("--test-fraction", type=fraction, default=0.2, help="share of references held out (default 0.2)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the reference split")
+    fit.add_argument("--steps", type=positive_int, default=500, help="optimiser steps")
+    fit.add_argument("--lower-is-better", action="store_true", help="the MOS column holds DMOS (lower is better)")
+    fit.add_argument("--json", action="store_true", help="print JSON")
+    fit.set_defaults(run=run_fit)
+
     trim = commands.add_parser("trim-weights", help="save only the trunk's layers of a VGG16 weights file")
     trim.add_argument("source", help="torchvision VGG16 state dict (or 'imagenet')")
     trim.add_argument("destination", help="output file")
@@ -187,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, ImageError, WeightsError) as err:
+    except (CommandError, ImageError, WeightsError, DatasetError, FusionError) as err:
         print(f"msds: error: {err}", file=sys.stderr)
         return 1
     return 0

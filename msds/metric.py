@@ -7,6 +7,7 @@ feature maps -> head (all levels in one call) -> (B, L) scores -> fused score.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from msds import _checks, reference
 from msds.backbone import VGG16Trunk
+from msds.fusion import load_fusion
 from msds.head import multiscale_gram_ssim
 from msds.pyramid import image_pyramid
 from msds.weights import WeightsArg
@@ -131,6 +133,8 @@ class MSDS(_DeepFeatureMetric):
             the metric, off for the loss (the check synchronises the device).
         fit_fusion: let the fusion logits receive gradients (never with
             as_loss, where every weight is frozen).
+        fusion: a fusion file written by `msds fit` (msds.fusion) whose
+            logits replace the uniform start.
         eps: the constant c of the tile score.
         backend: head implementation, "auto", "reference" or "triton".
         precision: the kernels' dot precision for float32 features, "tf32x3"
@@ -149,6 +153,7 @@ class MSDS(_DeepFeatureMetric):
         reduction: Optional[str] = None,
         check_range: Optional[bool] = None,
         fit_fusion: bool = False,
+        fusion: Optional[Union[str, "os.PathLike[str]"]] = None,
         eps: float = 1e-6,
         backend: str = "auto",
         precision: str = "tf32x3",
@@ -157,7 +162,8 @@ class MSDS(_DeepFeatureMetric):
         self.levels = _checks.check_levels(levels)
         if fit_fusion and as_loss:
             raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
-        self.fusion_logits = nn.Parameter(torch.zeros(self.levels), requires_grad=bool(fit_fusion))
+        logits = torch.zeros(self.levels) if fusion is None else load_fusion(fusion, self.levels)
+        self.fusion_logits = nn.Parameter(logits, requires_grad=bool(fit_fusion))
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, as_loss={self.as_loss}, reduction={self.reduction!r}, backend={self.backend!r}"

@@ -1,0 +1,66 @@
+"""How well scores agree with human opinion: SRCC, KRCC, and PLCC / RMSE after
+the usual five-parameter monotonic logistic mapping of image-quality work."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Tuple, Union
+
+import numpy as np
+from scipy import optimize, stats
+
+
+def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: float) -> np.ndarray:
+    """b1 (1/2 - 1 / (1 + exp(b2 (x - b3)))) + b4 x + b5."""
+    return b1 * (0.5 - 1.0 / (1.0 + np.exp(np.clip(b2 * (x - b3), -60, 60)))) + b4 * x + b5
+
+
+def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
+    """Scores mapped onto the MOS scale, and which mapping was used.
+
+    The logistic is fitted on standardised scores (MSDS scores crowd near 1,
+    which makes the raw fit ill-conditioned); it falls back to a straight
+    line when there are fewer than 6 pairs or the fit does not converge.
+    """
+    spread = scores.std()
+    if len(scores) < 6 or spread == 0:
+        return _linear(scores, mos), "linear (too few pairs or constant scores for the logistic)"
+    z = (scores - scores.mean()) / spread
+    sign = 1.0 if stats.pearsonr(z, mos)[0] >= 0 else -1.0
+    start = [sign * (mos.max() - mos.min()), 1.0, 0.0, 0.0, float(mos.mean())]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            params, _ = optimize.curve_fit(logistic5, z, mos, p0=start, maxfev=20000)
+    except (RuntimeError, ValueError):
+        return _linear(scores, mos), "linear (the logistic fit did not converge)"
+    return logistic5(z, *params), "logistic5"
+
+
+def _linear(scores: np.ndarray, mos: np.ndarray) -> np.ndarray:
+    if scores.std() == 0:
+        return np.full_like(mos, mos.mean())
+    slope, intercept = np.polyfit(scores, mos, 1)
+    return slope * scores + intercept
+
+
+def correlations(scores, mos) -> Dict[str, Union[float, int, str]]:
+    """SRCC, KRCC, PLCC and RMSE of scores against MOS, with the pair count.
+
+    SRCC and KRCC use the raw scores; PLCC and RMSE the mapped ones. Signs
+    are kept: with DMOS (lower is better) correlations come out negative.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    mos = np.asarray(mos, dtype=np.float64)
+    if scores.shape != mos.shape or scores.ndim != 1 or len(scores) < 3:
+        raise ValueError(f"scores: expected matching 1-D arrays of at least 3 values, got {scores.shape} and {mos.shape}")
+    mapped, mapping = map_scores(scores, mos)
+    plcc = stats.pearsonr(mapped, mos)[0] if mapped.std() > 0 else float("nan")
+    return {
+        "pairs": int(len(scores)),
+        "srcc": float(stats.spearmanr(scores, mos)[0]),
+        "krcc": float(stats.kendalltau(scores, mos)[0]),
+        "plcc": float(plcc),
+        "rmse": float(np.sqrt(np.mean((mapped - mos) ** 2))),
+        "mapping": mapping,
+    }

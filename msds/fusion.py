@@ -1,0 +1,141 @@
+"""Fusion weights: the small file MSDS(fusion=PATH) loads, and fitting it to opinion scores.
+
+Objective (ours; the paper does not publish its training): maximise the
+Pearson correlation between the fused score sum_l softmax(theta)_l S_l and
+the MOS on the training references, by Adam on theta from zero (uniform
+weights). Pearson is invariant to the affine part of the usual logistic
+mapping, so this targets PLCC and, through it, SRCC.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from msds.correlation import correlations
+
+FORMAT = "msds-fusion/1"
+
+
+class FusionError(ValueError):
+    """A fusion file or a per-level score file is missing or malformed."""
+
+
+def save_fusion(path: Path, logits: Sequence[float], info: Dict[str, object]) -> None:
+    data = {"format": FORMAT, "levels": len(logits), "logits": [float(v) for v in logits], **info}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_fusion(path, levels: int) -> torch.Tensor:
+    """The fusion logits stored in `path`, checked against `levels`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FusionError(f"fusion: no such file: {path}") from None
+    except (OSError, ValueError) as err:
+        raise FusionError(f"fusion: {path} is not a readable fusion file ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("logits"), list):
+        raise FusionError(f"fusion: {path} is not an msds fusion file (expected format {FORMAT!r})")
+    logits = data["logits"]
+    if len(logits) != levels or not all(isinstance(v, (int, float)) for v in logits):
+        raise FusionError(f"fusion: {path} holds {len(logits)} weights, expected {levels} numbers for levels={levels}")
+    return torch.tensor(logits, dtype=torch.float32)
+
+
+@dataclass
+class LevelScores:
+    refs: List[str]
+    mos: np.ndarray  # (N,)
+    levels: np.ndarray  # (N, L)
+
+
+def read_level_scores(path: Path) -> LevelScores:
+    """The per-pair CSV written by `msds eval --out`: ref, dist, mos, score, level0..."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            level_columns = sorted((f for f in fields if f.startswith("level") and f[5:].isdigit()),
+                                   key=lambda f: int(f[5:]))
+            if "ref" not in fields or "mos" not in fields or not level_columns:
+                raise FusionError(f"{path}: expected the columns ref, mos and level0, level1, ... of `msds eval --out`")
+            refs, mos, levels = [], [], []
+            for line, row in enumerate(reader, start=2):
+                try:
+                    mos.append(float(row["mos"]))
+                    levels.append([float(row[c]) for c in level_columns])
+                except (TypeError, ValueError):
+                    raise FusionError(f"{path}, line {line}: expected numbers in mos and {', '.join(level_columns)}") from None
+                refs.append(row["ref"])
+    except FileNotFoundError:
+        raise FusionError(f"{path}: no such file") from None
+    if len(refs) < 6:
+        raise FusionError(f"{path}: expected at least 6 scored pairs to fit fusion weights, got {len(refs)}")
+    return LevelScores(refs, np.array(mos), np.array(levels))
+
+
+def split_by_reference(refs: Sequence[str], test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Boolean train and test masks; every pair of one reference lands on the same side."""
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in [0, 1), got {test_fraction}")
+    unique = sorted(set(refs))
+    random.Random(seed).shuffle(unique)
+    count = int(round(test_fraction * len(unique)))
+    if test_fraction > 0:
+        count = min(max(count, 1), len(unique) - 1)
+    test_refs = set(unique[:count])
+    test = np.array([r in test_refs for r in refs])
+    return ~test, test
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    da, db = a - a.mean(), b - b.mean()
+    return (da * db).sum() / (da.norm() * db.norm() + 1e-12)
+
+
+def fit_logits(levels: np.ndarray, mos: np.ndarray, steps: int = 500, lr: float = 0.05) -> np.ndarray:
+    """Logits theta maximising Pearson(softmax(theta) . levels, mos), from zero."""
+    scores = torch.tensor(levels, dtype=torch.float64)
+    target = torch.tensor(mos, dtype=torch.float64)
+    logits = torch.zeros(scores.shape[1], dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = -_pearson(scores @ logits.softmax(0), target)
+        loss.backward()
+        optimiser.step()
+    return logits.detach().numpy()
+
+
+def fused(levels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    weights = np.exp(logits - logits.max())
+    return levels @ (weights / weights.sum())
+
+
+def fit_fusion(data: LevelScores, test_fraction: float, seed: int, steps: int,
+               lower_is_better: bool) -> Dict[str, object]:
+    """Fit on the training references; report correlations before and after on both parts."""
+    train, test = split_by_reference(data.refs, test_fraction, seed)
+    target = -data.mos if lower_is_better else data.mos
+    logits = fit_logits(data.levels[train], target[train], steps=steps)
+    uniform = np.zeros(data.levels.shape[1])
+    report: Dict[str, object] = {"logits": logits.tolist(), "weights": fused(np.eye(len(logits)), logits).tolist(),
+                                 "train_pairs": int(train.sum()), "test_pairs": int(test.sum()),
+                                 "train_references": len(set(np.array(data.refs)[train])),
+                                 "test_references": len(set(np.array(data.refs)[test]))}
+    for name, mask in (("train", train), ("test", test)):
+        if mask.sum() >= 3:
+            report[name] = {
+                "before": correlations(fused(data.levels[mask], uniform), data.mos[mask]),
+                "after": correlations(fused(data.levels[mask], logits), data.mos[mask]),
+            }
+    return report

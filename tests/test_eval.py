@@ -1,0 +1,208 @@
+"""Dataset evaluation, resuming, bad files, fitting the fusion, distributed runs.
+
+Each test writes a small synthetic dataset: generated references and noisy
+versions at known strengths, with MOS falling as the noise grows.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import optimize, stats
+
+import msds
+from msds import demo
+
+STRENGTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+def write_dataset(folder, references=6, size=48, strengths=STRENGTHS):
+    rows = []
+    rng = np.random.default_rng(7)
+    for r in range(references):
+        reference = demo.reference_image(size, seed=r)
+        Image.fromarray((reference * 255).round().astype(np.uint8)).save(folder / f"ref{r}.png")
+        for k, sigma in enumerate(strengths):
+            noisy = np.clip(reference + rng.normal(0, sigma, reference.shape), 0, 1)
+            Image.fromarray((noisy * 255).round().astype(np.uint8)).save(folder / f"ref{r}_d{k}.png")
+            rows.append((f"ref{r}.png", f"ref{r}_d{k}.png", f"{90 - 15 * k + rng.normal(0, 3):.3f}"))
+    csv_path = folder / "data.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ref", "dist", "mos"])
+        writer.writerows(rows)
+    return csv_path, rows
+
+
+def msds_command(*args, torchrun=False):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
+    return launcher + ["-m", "msds", *args]
+
+
+def eval_args(folder, out, *extra):
+    return ("eval", "--csv", str(folder / "data.csv"), "--root", str(folder), "--out", str(out),
+            "--weights", "random", "--levels", "2", "--batch-size", "2", "--no-progress", *extra)
+
+
+def run(command, **kwargs):
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def own_logistic_plcc(scores, mos):
+    """An independent fit of the 5-parameter logistic, for checking the report."""
+    z = (scores - scores.mean()) / scores.std()
+
+    def curve(x, a, b, c, d, e):
+        return a * (0.5 - 1 / (1 + np.exp(b * (x - c)))) + d * x + e
+
+    params, _ = optimize.curve_fit(curve, z, mos, p0=[np.ptp(mos), 1, 0, 0, mos.mean()], maxfev=50000)
+    mapped = curve(z, *params)
+    return stats.pearsonr(mapped, mos)[0], np.sqrt(np.mean((mapped - mos) ** 2))
+
+
+def test_eval_writes_every_pair_and_correct_correlations(tmp_path):
+    _, rows = write_dataset(tmp_path)
+    out = tmp_path / "out.csv"
+    result = run(msds_command(*eval_args(tmp_path, out, "--json")))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    written = read_rows(out)
+    assert [(r["ref"], r["dist"], r["mos"]) for r in written] == rows
+    assert list(written[0]) == ["ref", "dist", "mos", "score", "level0", "level1"]
+    scores = np.array([float(r["score"]) for r in written])
+    mos = np.array([float(r["mos"]) for r in written])
+    levels = np.array([[float(r["level0"]), float(r["level1"])] for r in written])
+    np.testing.assert_allclose(scores, levels.mean(1), rtol=0, atol=1e-6)  # uniform fusion
+    assert report["pairs"] == report["scored"] == len(rows) and report["skipped"] == []
+    assert report["srcc"] == pytest.approx(stats.spearmanr(scores, mos)[0], abs=1e-12)
+    assert report["krcc"] == pytest.approx(stats.kendalltau(scores, mos)[0], abs=1e-12)
+    plcc, rmse = own_logistic_plcc(scores, mos)
+    assert report["mapping"] == "logistic5"
+    assert report["plcc"] == pytest.approx(plcc, abs=2e-3)
+    assert report["rmse"] == pytest.approx(rmse, rel=2e-2)
+    # Scores agree with a direct call of the metric.
+    model = msds.MSDS(levels=2, weights=None)
+    y = torch.from_numpy(np.asarray(Image.open(tmp_path / "ref0.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.asarray(Image.open(tmp_path / "ref0_d3.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    assert float(written[3]["score"]) == pytest.approx(model(x, y).item(), abs=1e-6)
+
+
+def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
+    write_dataset(tmp_path, references=8, size=64)
+    whole = tmp_path / "whole.csv"
+    assert run(msds_command(*eval_args(tmp_path, whole))).returncode == 0
+    out = tmp_path / "out.csv"
+    process = subprocess.Popen(msds_command(*eval_args(tmp_path, out)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    part = tmp_path / "out.csv.part0"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if part.exists() and len(part.read_text().splitlines()) >= 6:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert not out.exists()
+    done_before = len(part.read_text().splitlines())
+    assert 6 <= done_before < 40
+    resumed = run(msds_command(*eval_args(tmp_path, out)))
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert not part.exists()
+    # Running again on a finished output recomputes nothing and reports the same.
+    again = run(msds_command(*eval_args(tmp_path, out, "--json")))
+    assert again.returncode == 0 and json.loads(again.stdout)["scored"] == 40
+
+
+def test_corrupt_image_is_named_or_skipped_and_reported(tmp_path):
+    _, rows = write_dataset(tmp_path, references=3)
+    (tmp_path / "ref1_d2.png").write_bytes(b"not a png")
+    (tmp_path / "ref2_d4.png").unlink()
+    out = tmp_path / "out.csv"
+    stopped = run(msds_command(*eval_args(tmp_path, out)))
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "ref1_d2.png: not a readable image" in stopped.stderr
+    skipped = run(msds_command(*eval_args(tmp_path, out, "--skip-bad", "--json")))
+    assert skipped.returncode == 0, skipped.stderr
+    report = json.loads(skipped.stdout)
+    assert [s["dist"] for s in report["skipped"]] == ["ref1_d2.png", "ref2_d4.png"]
+    assert f"{tmp_path / 'ref1_d2.png'}: not a readable image" in report["skipped"][0]["reason"]
+    assert f"{tmp_path / 'ref2_d4.png'}: no such file" in report["skipped"][1]["reason"]
+    assert report["scored"] == len(rows) - 2
+    assert {r["dist"] for r in read_rows(out)} == {r[1] for r in rows} - {"ref1_d2.png", "ref2_d4.png"}
+    # The table form lists each skipped pair on stderr.
+    again = run(msds_command(*eval_args(tmp_path, tmp_path / "again.csv", "--skip-bad")))
+    assert again.returncode == 0
+    assert "skipped: ref1.png -> ref1_d2.png" in again.stderr and "skipped: ref2.png -> ref2_d4.png" in again.stderr
+
+
+def test_bad_csv_is_one_clear_line(tmp_path):
+    (tmp_path / "data.csv").write_text("ref,dist,mos\na.png,b.png,high\n")
+    result = run(msds_command(*eval_args(tmp_path, tmp_path / "out.csv")))
+    assert result.returncode == 1 and "line 2: expected a number in mos" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_processes_write_the_same_file_as_one(tmp_path):
+    write_dataset(tmp_path, references=5)
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert run(msds_command(*eval_args(tmp_path, one))).returncode == 0
+    result = run(msds_command(*eval_args(tmp_path, two), torchrun=True))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert one.read_bytes() == two.read_bytes()
+    assert not list(tmp_path.glob("two.csv.part*"))
+
+
+def write_level_scores(path, references=30, per_reference=6, seed=0):
+    """Per-level scores where level 1 tracks the MOS and levels 0 and 2 are noise."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ref", "dist", "mos", "score", "level0", "level1", "level2"])
+        for r in range(references):
+            for k in range(per_reference):
+                mos = rng.uniform(0, 100)
+                levels = [rng.uniform(0.9, 1.0), 0.9 + 0.001 * mos + rng.normal(0, 0.004), rng.uniform(0.9, 1.0)]
+                writer.writerow([f"r{r}.png", f"r{r}_{k}.png", f"{mos:.3f}", np.mean(levels), *levels])
+
+
+def test_fit_improves_held_out_correlation_and_loads_into_msds(tmp_path):
+    scores = tmp_path / "scores.csv"
+    write_level_scores(scores)
+    fusion = tmp_path / "fusion.json"
+    result = run(msds_command("fit", str(scores), "--out", str(fusion), "--test-fraction", "0.3", "--json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["test"]["after"]["srcc"] > report["test"]["before"]["srcc"] + 0.1
+    assert report["test"]["after"]["plcc"] > report["test"]["before"]["plcc"] + 0.1
+    assert np.argmax(report["weights"]) == 1
+    # No reference on both sides of the split.
+    assert report["train_references"] + report["test_references"] == 30
+    model = msds.MSDS(levels=3, weights=None, fusion=fusion)
+    np.testing.assert_allclose(model.fusion_weights().detach().numpy(), report["weights"], rtol=1e-6)
+    with pytest.raises(msds.fusion.FusionError, match="holds 3 weights, expected 2"):
+        msds.MSDS(levels=2, weights=None, fusion=fusion)
+
+
+def test_split_keeps_references_whole():
+    from msds.fusion import split_by_reference
+
+    refs = [f"r{i % 7}" for i in range(50)]
+    train, test = split_by_reference(refs, 0.3, seed=3)
+    assert not set(np.array(refs)[train]) & set(np.array(refs)[test])
+    assert test.any() and train.any()
