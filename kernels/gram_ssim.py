@@ -20,6 +20,7 @@ because loads along strided positions cost the kernel registers it spills.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -300,11 +301,21 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@functools.lru_cache(maxsize=512)
+def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small read-only tensor made once per value and device.
+
+    Building it on every call would copy from the host each time, which
+    synchronises the device (and cannot happen inside a CUDA graph capture).
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tensor:
     """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj."""
     blocks = triton.cdiv(channels, block_c)
-    pairs = [(i, j) for i in range(blocks) for j in range(i, blocks)]
-    return torch.tensor(pairs, dtype=torch.int32, device=device)
+    pairs = tuple((i, j) for i in range(blocks) for j in range(i, blocks))
+    return device_constant(pairs, torch.int32, device)
 
 
 def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -319,12 +330,12 @@ def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
 
 def level_table(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, 5) int64: each level's length and the x and y batch and channel strides."""
-    rows = [[x.shape[2], x.stride(0), x.stride(1), y.stride(0), y.stride(1)] for x, y in zip(xs, ys)]
+    rows = tuple((x.shape[2], x.stride(0), x.stride(1), y.stride(0), y.stride(1)) for x, y in zip(xs, ys))
     for x in list(xs) + list(ys):
         extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
         if extent >= 2**31:
             raise ValueError(f"feature maps of shape {tuple(x.shape)} are too large for 32-bit offsets per image")
-    return torch.tensor(rows, dtype=torch.int64, device=xs[0].device)
+    return device_constant(rows, torch.int64, xs[0].device)
 
 
 def padded(tensors: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
@@ -362,7 +373,7 @@ def gram_ssim_forward(
     partials = torch.empty(batch * levels, pairs.shape[0], dtype=acc, device=device)
     _gram_ssim_forward_kernel[(pairs.shape[0], batch * levels)](
         *padded(fx), *padded(fy), level_table(fx, fy), pairs, partials,
-        torch.tensor([eps], dtype=acc, device=device),
+        device_constant((eps,), acc, device),
         channels, levels, pairs.shape[0],
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,
@@ -407,7 +418,7 @@ def gram_ssim_backward(
     _gram_ssim_backward_kernel[(blocks, batch * levels)](
         *padded(fx), *padded(fy), *padded(grads),
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
-        torch.tensor([eps], dtype=acc, device=device),
+        device_constant((eps,), acc, device),
         channels, levels, blocks,
         BLOCK_C=config.block_c,
         BLOCK_K=config.block_k,

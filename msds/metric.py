@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from msds import _checks, reference
+from msds import _checks, fastpath, reference
 from msds.backbone import VGG16Trunk
 from msds.fusion import load_fusion
 from msds.head import multiscale_gram_ssim
@@ -56,6 +56,8 @@ class _DeepFeatureMetric(nn.Module):
         eps: float,
         backend: str,
         precision: str,
+        fast: Optional[bool],
+        trunk_dtype: Optional[torch.dtype],
     ) -> None:
         super().__init__()
         self.as_loss = bool(as_loss)
@@ -67,6 +69,10 @@ class _DeepFeatureMetric(nn.Module):
         self.eps = _checks.check_eps(eps)
         self.backend = _checks.check_choice("backend", backend, _checks.BACKENDS)
         self.precision = _checks.check_choice("precision", precision, _checks.PRECISIONS)
+        if fast is not None and not isinstance(fast, bool):
+            raise TypeError(f"fast: expected True, False or None, got {_checks.describe(fast)}")
+        self.fast = fast
+        self.trunk_dtype = fastpath.check_trunk_dtype(trunk_dtype)
         self.trunk = VGG16Trunk(weights)
 
     @property
@@ -77,6 +83,19 @@ class _DeepFeatureMetric(nn.Module):
     def _trunk_dtype(self) -> torch.dtype:
         return self.trunk.features[0].weight.dtype
 
+    def _is_fast(self, images: torch.Tensor) -> bool:
+        return fastpath.is_fast(self.fast, images.device)
+
+    def _backend(self, fast: bool) -> str:
+        return self.backend if fast else "reference"
+
+    def _run_trunk(self, images: torch.Tensor, fast: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """relu5_1 features of images, in the fast or the plain configuration."""
+        dtype = self._trunk_dtype()
+        images = fastpath.trunk_input(images.to(dtype), fast)
+        with fastpath.trunk_context(fast, self.trunk_dtype, images.device):
+            return self.trunk(images, None if mask is None else mask.to(dtype))
+
     def _pair_features(
         self,
         xs: Sequence[torch.Tensor],
@@ -86,12 +105,13 @@ class _DeepFeatureMetric(nn.Module):
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Trunk features of both images at every level.
 
-        Where both images need a gradient, or neither does, they share one
-        trunk pass per level; otherwise the one that needs none (the target,
-        in a loss) runs without autograd.
+        On the fast path, where both images need a gradient or neither does,
+        they share one trunk pass per level. Otherwise each has its own pass,
+        and one that needs no gradient (the target, in a loss) runs without
+        autograd.
         """
-        dtype = self._trunk_dtype()
-        shared = not torch.is_grad_enabled() or xs[0].requires_grad == ys[0].requires_grad
+        fast = self._is_fast(xs[0])
+        shared = fast and (not torch.is_grad_enabled() or xs[0].requires_grad == ys[0].requires_grad)
         fxs, fys = [], []
         for level, (x, y) in enumerate(zip(xs, ys)):
             masks = (mask_x, mask_y) if level == 0 else (None, None)
@@ -99,14 +119,13 @@ class _DeepFeatureMetric(nn.Module):
                 mask = None
                 if masks != (None, None):
                     ones = torch.ones_like(x[:, :1])
-                    mask = torch.cat([m if m is not None else ones for m in masks]).to(dtype)
-                both = self.trunk(torch.cat([x, y]).to(dtype), mask)
-                fx, fy = both.split(x.shape[0])
+                    mask = torch.cat([m if m is not None else ones for m in masks])
+                fx, fy = self._run_trunk(torch.cat([x, y]), fast, mask).split(x.shape[0])
             else:
                 outputs = []
                 for image, mask in zip((x, y), masks):
-                    with torch.set_grad_enabled(image.requires_grad):
-                        outputs.append(self.trunk(image.to(dtype), None if mask is None else mask.to(dtype)))
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):
+                        outputs.append(self._run_trunk(image, fast, mask))
                 fx, fy = outputs
             fxs.append(fx)
             fys.append(fy)
@@ -139,6 +158,11 @@ class MSDS(_DeepFeatureMetric):
         backend: head implementation, "auto", "reference" or "triton".
         precision: the kernels' dot precision for float32 features, "tf32x3"
             (default, fp32-accurate), "ieee" or "tf32" (faster; see README).
+        fast: the fast path (True), the plain configuration (False: fp32
+            NCHW trunk, one pass per image, reference head), or None (the
+            default): fast for CUDA tensors, plain otherwise.
+        trunk_dtype: None, or torch.bfloat16 / torch.float16 to run the trunk
+            under autocast on the fast path (head statistics stay fp32).
 
     The fused score is sum_l softmax(fusion_logits)_l * S_l; the logits start
     at zero (uniform weights). 1 means identical; higher is more similar.
@@ -157,8 +181,10 @@ class MSDS(_DeepFeatureMetric):
         eps: float = 1e-6,
         backend: str = "auto",
         precision: str = "tf32x3",
+        fast: Optional[bool] = None,
+        trunk_dtype: Optional[torch.dtype] = None,
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype)
         self.levels = _checks.check_levels(levels)
         if fit_fusion and as_loss:
             raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
@@ -179,8 +205,8 @@ class MSDS(_DeepFeatureMetric):
         A batch of one reference is broadcast against any batch of `x`.
         """
         _checks.check_image("y", y, self.levels, self.check_range)
-        dtype = self._trunk_dtype()
-        features = tuple(self.trunk(level.to(dtype)) for level in image_pyramid(y, self.levels))
+        fast = self._is_fast(y)
+        features = tuple(self._run_trunk(level, fast) for level in image_pyramid(y, self.levels))
         return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
 
     def _reference_pair(self, x: torch.Tensor, ref: ReferenceFeatures) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -197,8 +223,8 @@ class MSDS(_DeepFeatureMetric):
             raise ValueError(
                 f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
             )
-        dtype = self._trunk_dtype()
-        fxs = [self.trunk(level.to(dtype)) for level in image_pyramid(x, self.levels)]
+        fast = self._is_fast(x)
+        fxs = [self._run_trunk(level, fast) for level in image_pyramid(x, self.levels)]
         fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
         return fxs, fys
 
@@ -215,7 +241,8 @@ class MSDS(_DeepFeatureMetric):
         else:
             _checks.check_images(x, y, self.levels, self.check_range)
             fxs, fys = self._pair_features(image_pyramid(x, self.levels), image_pyramid(y, self.levels))
-        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=self.backend, precision=self.precision)
+        backend = self._backend(self._is_fast(x))
+        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=backend, precision=self.precision)
 
     def fuse(self, level_scores: torch.Tensor) -> torch.Tensor:
         """(B, L) level scores -> (B,) fused scores."""
@@ -231,7 +258,8 @@ class DeepSSIM(_DeepFeatureMetric):
     """DeepSSIM: Gram-matrix structural similarity of VGG16 relu5_1 features.
 
     Args:
-        weights, as_loss, reduction, check_range, eps, backend, precision: as for MSDS.
+        weights, as_loss, reduction, check_range, eps, backend, precision, fast,
+        trunk_dtype: as for MSDS.
         lite: the DeepSSIM-Lite variant meant for optimisation: the Gram
             divided by C*h*w and one global tile over the whole C x C matrix
             (always computed by the reference head; it is cheap). Use it with
@@ -256,8 +284,10 @@ class DeepSSIM(_DeepFeatureMetric):
         eps: float = 1e-6,
         backend: str = "auto",
         precision: str = "tf32x3",
+        fast: Optional[bool] = None,
+        trunk_dtype: Optional[torch.dtype] = None,
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype)
         self.lite = bool(lite)
 
     def extra_repr(self) -> str:
@@ -279,7 +309,8 @@ class DeepSSIM(_DeepFeatureMetric):
         (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
         if self.lite:
             return reference.lite_level_score(fx, fy, self.eps)
-        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=self.backend, precision=self.precision)[:, 0]
+        backend = self._backend(self._is_fast(x))
+        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=backend, precision=self.precision)[:, 0]
 
     def forward(
         self,

@@ -1,0 +1,92 @@
+"""The fast path against the plain configuration (on the CPU here; bench.gpu_check on a GPU)."""
+
+import pytest
+import torch
+
+import msds
+
+
+def images(generator, shape=(2, 3, 64, 64), dtype=torch.float32):
+    x = torch.rand(shape, generator=generator, dtype=dtype)
+    return x, (x + 0.1 * torch.rand(shape, generator=generator, dtype=dtype)).clamp(0, 1)
+
+
+def count_trunk_passes(model):
+    calls = []
+    model.trunk.register_forward_hook(lambda module, args, output: calls.append(output.requires_grad))
+    return calls
+
+
+def test_fast_and_plain_agree_in_float64(rng):
+    x, y = images(rng, dtype=torch.float64)
+    plain = msds.MSDS(levels=3, weights=None, fast=False).double()
+    fast = msds.MSDS(levels=3, weights=None, fast=True).double()
+    torch.testing.assert_close(fast.level_scores(x, y), plain.level_scores(x, y), rtol=0, atol=1e-10)
+
+
+def test_low_precision_trunk_stays_close_to_the_plain_scores(rng):
+    x, y = images(rng)
+    plain = msds.MSDS(levels=3, weights=None, fast=False)(x, y)
+    for dtype in (torch.bfloat16, torch.float16):
+        fast = msds.MSDS(levels=3, weights=None, fast=True, trunk_dtype=dtype)
+        scores = fast(x, y)
+        assert scores.dtype == torch.float32
+        assert (scores - plain).abs().max() < 1e-2
+
+
+def test_fast_path_shares_one_trunk_pass_when_gradient_needs_match(rng):
+    x, y = images(rng)
+    fast = msds.MSDS(levels=2, weights=None, fast=True)
+    calls = count_trunk_passes(fast)
+    with torch.no_grad():
+        fast(x, y)
+    assert len(calls) == 2  # one pass per level for both images
+    calls.clear()
+    loss = msds.MSDS(levels=2, weights=None, fast=True, as_loss=True)
+    calls = count_trunk_passes(loss)
+    loss(x.clone().requires_grad_(), y)
+    assert calls == [True, False, True, False]  # prediction with autograd, target without
+
+
+def test_plain_configuration_runs_each_image_alone(rng):
+    x, y = images(rng)
+    plain = msds.MSDS(levels=2, weights=None, fast=False)
+    calls = count_trunk_passes(plain)
+    with torch.no_grad():
+        plain(x, y)
+    assert len(calls) == 4
+
+
+def test_default_is_fast_on_cuda_only():
+    model = msds.MSDS(levels=1, weights=None)
+    assert model.fast is None
+    assert not model._is_fast(torch.zeros(1, device="cpu"))
+    assert msds.fastpath.is_fast(None, torch.device("cuda"))
+    assert not msds.fastpath.is_fast(False, torch.device("cuda"))
+
+
+def test_fast_loss_gradients_match_the_plain_ones(rng):
+    x, y = images(rng, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        loss = msds.MSDS(levels=2, weights=None, fast=fast, as_loss=True).double()
+        pred = x.clone().requires_grad_()
+        loss(pred, y).backward()
+        grads.append(pred.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-14)
+
+
+def test_precomputed_reference_on_the_fast_path(rng):
+    x, y = images(rng, shape=(3, 3, 64, 64))
+    fast = msds.MSDS(levels=2, weights=None, fast=True)
+    expected = fast.level_scores(x, y[:1].expand(3, -1, -1, -1))
+    torch.testing.assert_close(fast.level_scores(x, fast.precompute(y[:1])), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"trunk_dtype": torch.float64}, ValueError, "trunk_dtype: expected None, torch.bfloat16 or torch.float16"),
+    ({"fast": "yes"}, TypeError, "fast: expected True, False or None"),
+])
+def test_bad_fast_path_options(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        msds.MSDS(levels=1, weights=None, **kwargs)
