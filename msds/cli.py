@@ -53,25 +53,40 @@ def level_header(levels: int) -> List[str]:
     return [f"level{level}" for level in range(levels)] + ["MSDS"]
 
 
+class ReferenceCache:
+    """The trunk features of the last reference, reused while pairs share it."""
+
+    def __init__(self, model: MSDS, device: str) -> None:
+        self.model, self.device = model, device
+        self.path: Optional[Path] = None
+
+    def get(self, path: Path):
+        if path != self.path:
+            image = load_image(path)
+            try:
+                self.features = self.model.precompute(image.to(self.device))
+            except ValueError as err:
+                raise ImageError(f"{path}: {err}") from err
+            self.path, self.shape = path, image.shape
+        return self.shape, self.features
+
+
 @torch.no_grad()
-def score_pair(model: MSDS, ref: Path, dist: Path, device: str) -> torch.Tensor:
+def score_pair(model: MSDS, cache: ReferenceCache, ref: Path, dist: Path, device: str) -> torch.Tensor:
     """(L + 1,) level scores then the fused score of one file pair."""
-    y, x = load_image(ref), load_image(dist)
-    if x.shape != y.shape:
-        raise ImageError(
-            f"{dist}: expected the size of {ref} ({y.shape[-1]}x{y.shape[-2]}), got {x.shape[-1]}x{x.shape[-2]}"
-        )
-    try:
-        levels = model.level_scores(x.to(device), y.to(device))
-    except ValueError as err:
-        raise ImageError(f"{dist}: {err}") from err
+    shape, reference = cache.get(ref)
+    x = load_image(dist)
+    if x.shape != shape:
+        raise ImageError(f"{dist}: expected the size of {ref} ({shape[-1]}x{shape[-2]}), got {x.shape[-1]}x{x.shape[-2]}")
+    levels = model.level_scores(x.to(device), reference)
     return torch.cat([levels[0], model.fuse(levels)]).double().cpu()
 
 
 def run_score(args: argparse.Namespace) -> None:
     pairs = pair_paths(Path(args.ref), Path(args.dist))
     model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
-    results = [(ref, dist, score_pair(model, ref, dist, args.device)) for ref, dist in pairs]
+    cache = ReferenceCache(model, args.device)
+    results = [(ref, dist, score_pair(model, cache, ref, dist, args.device)) for ref, dist in pairs]
     if args.json:
         report = {
             "weights": weights_label(model, args.weights),
@@ -225,7 +240,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score distorted images against references")
     score.add_argument("ref", help="reference image file, or a folder of them")
-    score.add_argument("dist", help="distorted image file, or a folder paired with REF by file name")
+    score.add_argument("dist", help="distorted image file, or a folder (all scored against a REF file, "
+                                    "or paired with a REF folder by file name)")
     model_options(score)
     score.set_defaults(run=run_score)
 

@@ -39,17 +39,23 @@ def image_files(folder: Path) -> List[Path]:
 
 
 def pair_paths(ref: Path, dist: Path) -> List[Tuple[Path, Path]]:
-    """(reference, distorted) pairs: two files, or two folders paired by file name.
+    """(reference, distorted) pairs: two files; one reference file and a folder
+    of distorted images; or two folders paired by file name.
 
     A file in either folder without a partner of the same name is an error.
     """
     for path, role in ((ref, "REF"), (dist, "DIST")):
         if not path.exists():
             raise ImageError(f"{path}: no such file or folder ({role})")
-    if ref.is_dir() != dist.is_dir():
-        raise ImageError(f"{ref} and {dist}: expected two files or two folders, got one of each")
+    if ref.is_dir() and not dist.is_dir():
+        raise ImageError(f"{ref} and {dist}: expected a folder of distorted images for a folder of references")
     if not ref.is_dir():
-        return [(ref, dist)]
+        if not dist.is_dir():
+            return [(ref, dist)]
+        files = image_files(dist)
+        if not files:
+            raise ImageError(f"{dist}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return [(ref, path) for path in files]
     refs = {p.name: p for p in image_files(ref)}
     dists = {p.name: p for p in image_files(dist)}
     unmatched = sorted(set(refs) ^ set(dists))

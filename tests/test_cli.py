@@ -1,6 +1,7 @@
 """The command line, run as a user would: in a subprocess, on files the test writes."""
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -138,3 +139,17 @@ def test_trim_weights_command(tmp_path):
     result = run("trim-weights", str(tmp_path / "full.pth"), str(tmp_path / "trim.pth"))
     assert result.returncode == 0, result.stderr
     assert "classifier.6.bias" not in torch.load(tmp_path / "trim.pth", weights_only=True)
+
+
+def test_one_reference_against_a_folder(tmp_path, pair):
+    ref, _ = pair
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"d{i}.png", 10 + i, noise=0.05 * (i + 1))
+    result = run("score", str(ref), str(folder), "--levels", "2", "--weights", "random", "--json")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)["pairs"]
+    assert [Path(e["dist"]).name for e in entries] == ["d0.png", "d1.png", "d2.png"]
+    single = run("score", str(ref), str(folder / "d1.png"), "--levels", "2", "--weights", "random", "--json")
+    assert json.loads(single.stdout)["pairs"][0]["score"] == pytest.approx(entries[1]["score"], abs=1e-6)
