@@ -23,6 +23,7 @@ setup(
         "pillow",
         'triton>=3.6; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    # matplotlib draws the benchmark plot (bench/plot.py), which the tests exercise.
+    extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["msds=msds.cli:main"]},
 )

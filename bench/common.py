@@ -18,6 +18,43 @@ CHANNELS = 512
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def trunk_gflops(height: int, width: int) -> float:
+    """Multiply-add work (2 FLOP each) of the trunk on one image, in GFLOP."""
+    from msds.backbone import LAYOUT
+
+    flops, channels = 0.0, 3
+    for item in LAYOUT:
+        if item == "M":
+            height, width = height // 2, width // 2
+        else:
+            flops += 2 * 9 * channels * item * height * width
+            channels = item
+    return flops / 1e9
+
+
+def pyramid_gflops(size: int, levels: int) -> float:
+    """Trunk work on one image over every pyramid level (2x2 average pools)."""
+    return sum(trunk_gflops(size >> level, size >> level) for level in range(levels))
+
+
+def bf16_matmul_tflops(device: torch.device) -> Optional[float]:
+    """The card's measured dense bf16 matrix rate (8192^3 matmuls), TFLOP/s."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    synchronize(device)
+    return 10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3) / 1e12
+
+
 def smoke(device: torch.device) -> bool:
     """On the CPU the suites only check that their code runs: tiny shapes."""
     return device.type != "cuda"

@@ -6,8 +6,11 @@ On a CUDA machine, with only that machine's own packages, it
 2. measures each precision mode's score error against float64 on trunk
    features of real-looking images,
 3. checks torch.compile(fullgraph=True) of the MSDS loss, forward and backward,
-4. runs the head benchmarks (Triton against the reference, same run),
-and prints a short table of each, saving everything as JSON (--out).
+4. compares the fast path's scores with the plain configuration's,
+5. runs the head benchmarks (Triton against the reference, same run) and the
+   end-to-end ones (fast path against plain, same run),
+and prints a short table of each, saving everything as JSON (--out) next to
+the raw pytest-benchmark file (for `python -m bench.plot`).
 `--smoke` runs the same code on the CPU with tiny shapes under the Triton
 interpreter, to check the script itself.
 """
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,26 +130,63 @@ def compile_check(device: torch.device, smoke: bool) -> dict:
     }
 
 
+def fast_path_agreement(device: torch.device, smoke: bool) -> dict:
+    """Max |score difference| of the fast path (fp32 and bf16 trunk) from the plain configuration."""
+    size, levels, pairs = (32, 2, 2) if smoke else (256, 3, 16)
+    reference_image = demo.reference_image(size)
+    _, distorted = demo.distortion_ladder(reference_image)
+    x = distorted[:pairs].to(device)
+    y = torch.from_numpy(reference_image).permute(2, 0, 1)[None].expand(len(x), -1, -1, -1).contiguous().to(device)
+    try:
+        msds.MSDS(levels=1)
+        weights = "imagenet"
+    except msds.WeightsError:
+        weights = None
+    backend = "reference" if smoke else "auto"
+    with torch.no_grad():
+        plain = msds.MSDS(levels=levels, weights=weights, fast=False).to(device)(x, y)
+        rows = {}
+        for name, dtype in (("fast-fp32", None), ("fast-bf16", torch.bfloat16)):
+            model = msds.MSDS(levels=levels, weights=weights, fast=True, trunk_dtype=dtype, backend=backend)
+            rows[name] = (model.to(device)(x, y) - plain).abs().max().item()
+    return {"weights": weights or "random", "pairs": len(x), "image_size": size, "max_abs_difference": rows}
+
+
 def run_benchmarks(smoke: bool, json_path: Path) -> dict:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/bench_head.py",
-               "--benchmark-enable", f"--benchmark-json={json_path}"]
-    if smoke:
-        command += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"]
+               "bench/bench_end_to_end.py", "--benchmark-enable", f"--benchmark-json={json_path}"]
+    # A few rounds per row keep the whole check within minutes; each row has
+    # run once untimed before (its memory measurement), which warms it up.
+    command += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"] if smoke else \
+        ["--benchmark-max-time=0.3", "--benchmark-min-rounds=3"]
     result = subprocess.run(command, cwd=ROOT, env=device_env(smoke), capture_output=True, text=True)
     if result.returncode != 0 or not json_path.exists():
         return {"returncode": result.returncode, "error": result.stdout[-2000:] + result.stderr[-2000:]}
     report = json.loads(json_path.read_text())
-    rows = {}
+    head, end_to_end = {}, {}
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
-        row = rows.setdefault(bench["group"], {})
-        row[info["backend"]] = {"median_ms": bench["stats"]["median"] * 1e3, "peak_extra_bytes": info["peak_extra_bytes"]}
-    for row in rows.values():
-        if "triton" in row and "reference" in row:
-            row["speedup"] = row["reference"]["median_ms"] / row["triton"]["median_ms"]
-            mems = row["triton"]["peak_extra_bytes"], row["reference"]["peak_extra_bytes"]
-            row["memory_ratio"] = mems[0] / mems[1] if None not in mems and mems[1] else None
-    return {"returncode": result.returncode, "machine": report.get("machine_info", {}).get("node"), "groups": rows}
+        entry = {"median_ms": bench["stats"]["median"] * 1e3, "peak_extra_bytes": info["peak_extra_bytes"],
+                 "trunk_tflops": info.get("trunk_tflops"), "fraction_of_bf16_rate": info.get("fraction_of_bf16_rate")}
+        if "backend" in info:
+            head.setdefault(bench["group"], {})[info["backend"]] = entry
+        else:
+            key = "precomputed" if info.get("precomputed") else "each-reference" if "precomputed" in info else info["config"]
+            end_to_end.setdefault(bench["group"], {})[key] = entry
+    compare(head, "triton", "reference")
+    compare(end_to_end, "fast-fp32", "plain")
+    compare(end_to_end, "fast-bf16", "plain")
+    compare(end_to_end, "precomputed", "each-reference")
+    return {"returncode": result.returncode, "groups": head, "end_to_end": end_to_end}
+
+
+def compare(groups: dict, fast: str, base: str) -> None:
+    """Speedup and memory ratio of `fast` over `base` in every group that has both."""
+    for row in groups.values():
+        if fast in row and base in row:
+            row[fast]["speedup"] = row[base]["median_ms"] / row[fast]["median_ms"]
+            mems = row[fast]["peak_extra_bytes"], row[base]["peak_extra_bytes"]
+            row[fast]["memory_ratio"] = mems[0] / mems[1] if None not in mems and mems[1] else None
 
 
 def print_tables(results: dict) -> None:
@@ -160,6 +201,10 @@ def print_tables(results: dict) -> None:
           f"{table['image_size']}px images, {table['levels']} levels)")
     for name, row in table["modes"].items():
         print(f"   {name:28s} max {row['max_abs_error']:.2e}   mean {row['mean_abs_error']:.2e}")
+    agreement = results["fast_path"]
+    differences = ", ".join(f"{k} {v:.1e}" for k, v in agreement["max_abs_difference"].items())
+    print(f"\n== fast path vs plain ({agreement['weights']} trunk, {agreement['pairs']} pairs of "
+          f"{agreement['image_size']}px): max |score difference| {differences}")
     check = results["compile"]
     print(f"\n== torch.compile(fullgraph=True, backend={check['backend']}) of the loss: value diff "
           f"{check['value_difference']:.1e}, grad rel diff {check['grad_relative_difference']:.1e}")
@@ -169,12 +214,23 @@ def print_tables(results: dict) -> None:
             print("\n== benchmarks FAILED:\n", bench["error"])
             return
         print("\n== head benchmarks (median ms; speedup and peak extra memory vs the reference, same run)")
-        for group, row in sorted(bench["groups"].items()):
-            triton_ms = row.get("triton", {}).get("median_ms", float("nan"))
-            ref_ms = row.get("reference", {}).get("median_ms", float("nan"))
-            memory = row.get("memory_ratio")
-            print(f"   {group:42s} triton {triton_ms:9.3f}  reference {ref_ms:9.3f}  "
-                  f"x{row.get('speedup', float('nan')):6.1f}  memory {'-' if memory is None else f'{memory:.3%}'}")
+        print_groups(bench["groups"], ("triton",), "reference")
+        print("\n== end to end (median ms; speedup and peak memory vs plain, same run; trunk TFLOP/s)")
+        print_groups(bench["end_to_end"], ("fast-fp32", "fast-bf16", "precomputed"), None)
+
+
+def print_groups(groups: dict, fast_keys, base: Optional[str]) -> None:
+    for group, row in sorted(groups.items()):
+        cells = []
+        for key, entry in row.items():
+            text = f"{key} {entry['median_ms']:.3f}"
+            if "speedup" in entry:
+                memory = entry.get("memory_ratio")
+                text += f" (x{entry['speedup']:.1f}, mem {'-' if memory is None else f'{memory:.1%}'})"
+            if entry.get("trunk_tflops") is not None and base is None:
+                text += f" [{entry['trunk_tflops']:.0f} TF/s]"
+            cells.append(text)
+        print(f"   {group:40s} " + "  ".join(cells))
 
 
 def main() -> int:
@@ -192,6 +248,7 @@ def main() -> int:
         results["tests"] = run_tests(args.smoke)
     results["precision"] = precision_table(device, args.smoke)
     results["compile"] = compile_check(device, args.smoke)
+    results["fast_path"] = fast_path_agreement(device, args.smoke)
     if not args.skip_bench:
         json_path = (args.out or ROOT / "bench" / "results" / "last.json").with_suffix(".benchmarks.json")
         json_path.parent.mkdir(parents=True, exist_ok=True)
