@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 TILE = 4
 MAX_LEVELS = 6
@@ -250,6 +251,11 @@ def _gram_ssim_backward_kernel(
         cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
         gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
         _accumulate_rows(out_base, x_base, gbar, bi, bj, k_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION)
+
+
+# The kernels were defined for the Triton interpreter (TRITON_INTERPRET=1 when
+# triton was imported); only then can they run on CPU tensors.
+INTERPRETED = isinstance(_gram_ssim_forward_kernel, InterpretedFunction)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor
-from triton import knobs
 
-from msds.kernels.gram_ssim import PRECISIONS, accumulator_dtype, gram_ssim_backward, gram_ssim_forward
-
-# Kernels were defined for the interpreter (TRITON_INTERPRET=1) when this
-# module was imported; only then can they run on CPU tensors.
-INTERPRETED = bool(knobs.runtime.interpret)
+from msds.kernels.gram_ssim import (  # noqa: F401  (INTERPRETED is read by msds.head)
+    INTERPRETED,
+    PRECISIONS,
+    accumulator_dtype,
+    gram_ssim_backward,
+    gram_ssim_forward,
+)
 
 
 @torch.library.custom_op("msds::gram_ssim_forward", mutates_args=())

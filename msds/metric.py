@@ -206,7 +206,8 @@ class MSDS(_DeepFeatureMetric):
         """
         _checks.check_image("y", y, self.levels, self.check_range)
         fast = self._is_fast(y)
-        features = tuple(self._run_trunk(level, fast) for level in image_pyramid(y, self.levels))
+        # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
+        features = tuple(self._run_trunk(level, fast).contiguous() for level in image_pyramid(y, self.levels))
         return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
 
     def _reference_pair(self, x: torch.Tensor, ref: ReferenceFeatures) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
