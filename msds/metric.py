@@ -90,11 +90,19 @@ class _DeepFeatureMetric(nn.Module):
         return self.backend if fast else "reference"
 
     def _run_trunk(self, images: torch.Tensor, fast: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """relu5_1 features of images, in the fast or the plain configuration."""
-        dtype = self._trunk_dtype()
+        """relu5_1 features of images, in the fast or the plain configuration.
+
+        Images are cast to the trunk's dtype, except float64 images, which run
+        through float64 copies of the weights so they are scored in float64.
+        """
+        dtype = torch.float64 if images.dtype == torch.float64 else self._trunk_dtype()
         images = fastpath.trunk_input(images.to(dtype), fast)
+        mask = None if mask is None else mask.to(dtype)
         with fastpath.trunk_context(fast, self.trunk_dtype, images.device):
-            return self.trunk(images, None if mask is None else mask.to(dtype))
+            if dtype == self._trunk_dtype():
+                return self.trunk(images, mask)
+            weights = {name: p.to(dtype) for name, p in self.trunk.named_parameters()}
+            return torch.func.functional_call(self.trunk, weights, (images, mask))
 
     def _pair_features(
         self,

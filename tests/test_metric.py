@@ -40,6 +40,20 @@ def test_level_scores_match_oracle_float64(levels, batch, height, width, rng):
     np.testing.assert_allclose(got.numpy(), msds_level_scores(x, y, state_of(model), levels), rtol=0, atol=1e-10)
 
 
+def test_float64_images_are_scored_in_float64_without_double(rng):
+    model = msds.MSDS(levels=2, weights=None)  # float32 parameters
+    x = images((2, 3, 40, 36), rng)
+    y = (x + 0.1 * torch.rand(x.shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    got = model.level_scores(x, y)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), msds_level_scores(x, y, state_of(model), 2), rtol=0, atol=1e-10)
+    # Gradients flow to float64 images; the trunk's own weights stay float32 and frozen.
+    loss = msds.MSDS(levels=2, weights=None, as_loss=True)
+    pred = x.clone().requires_grad_()
+    loss(pred, y).backward()
+    assert pred.grad.dtype == torch.float64 and loss.trunk.features[0].weight.dtype == torch.float32
+
+
 def test_forward_fuses_with_softmax_of_the_logits(metric64, rng):
     x, y = images((2, 3, 64, 64), rng), images((2, 3, 64, 64), rng)
     levels = metric64.level_scores(x, y)
