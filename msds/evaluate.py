@@ -156,11 +156,14 @@ def format_row(pair: Pair, fused: float, levels: Sequence[float]) -> List[str]:
     return [pair.ref, pair.dist, pair.mos, repr(fused), *(repr(v) for v in levels)]
 
 
-def score_unit(model: MSDS, unit: Sequence[Pair], root: Path, batch_size: int, device: torch.device,
-               skip_bad: bool, outcome: Outcome) -> Iterator[List[Pair]]:
-    """Score one reference's pending pairs batch by batch, yielding each finished batch.
+def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], root: Path, batch_size: int,
+               device: torch.device, skip_bad: bool, outcome: Outcome) -> Iterator[List[Pair]]:
+    """Score one reference's pairs batch by batch, yielding each finished batch.
 
-    A bad image raises ImageError naming it, or with skip_bad is recorded in
+    Batches are cut from the whole unit, so a resumed run forms the same
+    batches as an uninterrupted one; a batch with nothing left to do is
+    passed over, one that was partly written is scored again whole. A bad
+    image raises ImageError naming it, or with skip_bad is recorded in
     outcome.skipped with the reason.
     """
     ref_path = root / unit[0].ref
@@ -176,6 +179,8 @@ def score_unit(model: MSDS, unit: Sequence[Pair], root: Path, batch_size: int, d
         outcome.skipped += [(pair, f"reference {err}") for pair in unit]
         return
     for start in range(0, len(unit), batch_size):
+        if all(pair.index in done for pair in unit[start : start + batch_size]):
+            continue
         batch, images = [], []
         for pair in unit[start : start + batch_size]:
             try:
@@ -224,20 +229,19 @@ def evaluate(csv_path: Path, root: Path, out: Path, model_args: dict, batch_size
     levels = model.levels
     done = read_done(out, pairs, levels)
     mine = [unit for i, unit in enumerate(work_units(pairs)) if i % world == rank]
-    pending = [[p for p in unit if p.index not in done] for unit in mine]
-    meter = Progress(sum(len(u) for u in pending), 0, enabled=progress and rank == 0)
+    pending = [unit for unit in mine if any(p.index not in done for p in unit)]
+    meter = Progress(sum(p.index not in done for u in pending for p in u), 0, enabled=progress and rank == 0)
     outcome = Outcome()
-    if any(pending) and not out.exists():
+    if pending and not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out.parent / f"{out.name}.part{rank}", "a", newline="") as part:
             writer = csv.writer(part)
             try:
                 for unit in pending:
-                    if unit:
-                        for batch in score_unit(model, unit, root, batch_size, device, skip_bad, outcome):
-                            writer.writerows([[pair.index, *outcome.rows[pair.index]] for pair in batch])
-                            part.flush()
-                            meter.advance(len(batch))
+                    for batch in score_unit(model, unit, done, root, batch_size, device, skip_bad, outcome):
+                        writer.writerows([[pair.index, *outcome.rows[pair.index]] for pair in batch])
+                        part.flush()
+                        meter.advance(sum(pair.index not in done for pair in batch))
             except (ImageError, ValueError) as err:
                 outcome.error = str(err)
     meter.close()
