@@ -153,8 +153,10 @@ def fast_path_agreement(device: torch.device, smoke: bool) -> dict:
 
 
 def run_benchmarks(smoke: bool, json_path: Path) -> dict:
+    # The end-to-end rows of the targets and of the plot; `pytest bench` runs them all.
+    rows = "head or many_against_one or B16-256px-L3 or B64-256px-L3 or B256-256px-L3 or B64-512px-L3"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/bench_head.py",
-               "bench/bench_end_to_end.py", "--benchmark-enable", f"--benchmark-json={json_path}"]
+               "bench/bench_end_to_end.py", "-k", rows, "--benchmark-enable", f"--benchmark-json={json_path}"]
     # A few rounds per row keep the whole check within minutes; each row has
     # run once untimed before (its memory measurement), which warms it up.
     command += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"] if smoke else \
