@@ -31,7 +31,6 @@ from triton.runtime.interpreter import InterpretedFunction
 
 TILE = 4
 MAX_LEVELS = 6
-META_COLUMNS = 5  # k_len, then the batch and channel strides of x and of y
 
 # Dot precisions for float32 features: "ieee" and "tf32x3" are fp32-accurate,
 # "tf32" rounds the operands to 10-bit mantissas (faster, opt-in).
@@ -141,7 +140,7 @@ def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr):
 @triton.jit
 def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
     """This level's feature bases for image b, its length and channel strides."""
-    row = meta_ptr + level * 5
+    row = meta_ptr + level * 5  # a row of level_table: k_len, x strides (b, c), y strides (b, c)
     k_len = tl.load(row).to(tl.int32)
     x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
     sxc = tl.load(row + 2).to(tl.int32)
