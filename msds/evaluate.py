@@ -127,8 +127,8 @@ def read_final(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[
 class Progress:
     """A one-line progress report on stderr (a bar on a terminal, a line every 10% otherwise)."""
 
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, done, enabled
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
         self.started = time.time()
         self.tty = sys.stderr.isatty()
         self.last_decile = -1
@@ -230,7 +230,7 @@ def evaluate(csv_path: Path, root: Path, out: Path, model_args: dict, batch_size
     done = read_done(out, pairs, levels)
     mine = [unit for i, unit in enumerate(work_units(pairs)) if i % world == rank]
     pending = [unit for unit in mine if any(p.index not in done for p in unit)]
-    meter = Progress(sum(p.index not in done for u in pending for p in u), 0, enabled=progress and rank == 0)
+    meter = Progress(sum(p.index not in done for u in pending for p in u), enabled=progress and rank == 0)
     outcome = Outcome()
     if pending and not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -266,11 +266,11 @@ def finish(out: Path, pairs: Sequence[Pair], levels: int, done: Dict[int, List[s
         rows.update(outcome.rows)
         skipped += outcome.skipped
     skipped.sort(key=lambda item: item[0].index)
-    accounted = set(rows) | {pair.index for pair, _ in skipped}
+    skipped_indices = {pair.index for pair, _ in skipped}
+    missing = [p for p in pairs if p.index not in rows and p.index not in skipped_indices]
     if out.exists():  # an earlier run finished; the pairs it skipped are absent from OUT
-        skipped += [(p, f"absent from {out} (skipped by the run that wrote it)")
-                    for p in pairs if p.index not in accounted]
-    missing = [p for p in pairs if p.index not in rows and p.index not in {s.index for s, _ in skipped}]
+        skipped += [(p, f"absent from {out} (skipped by the run that wrote it)") for p in missing]
+        missing = []
     if missing:  # every pair must be scored or reported skipped
         raise DatasetError(f"{len(missing)} pairs were neither scored nor skipped (first: {missing[0].dist})")
     if not out.exists():
@@ -283,10 +283,7 @@ def finish(out: Path, pairs: Sequence[Pair], levels: int, done: Dict[int, List[s
         for part in part_files(out):
             part.unlink()
     scored = [rows[p.index] for p in pairs if p.index in rows]
-    report = {"pairs": len(pairs), "scored": len(scored),
-              "skipped": [{"ref": p.ref, "dist": p.dist, "reason": why} for p, why in skipped]}
-    if len(scored) >= 3:
-        report.update(correlations([float(r[3]) for r in scored], [float(r[2]) for r in scored]))
-        report["pairs"] = len(pairs)
-        report["scored"] = len(scored)
-    return report
+    agreement = correlations([float(r[3]) for r in scored], [float(r[2]) for r in scored]) if len(scored) >= 3 else {}
+    # "pairs" counts the dataset's pairs, not only the scored ones correlations() saw.
+    return {**agreement, "pairs": len(pairs), "scored": len(scored),
+            "skipped": [{"ref": p.ref, "dist": p.dist, "reason": why} for p, why in skipped]}
