@@ -16,12 +16,13 @@ setup(
     # kernels/ lives at the top of the tree but installs as msds.kernels.
     packages=["msds", "msds.kernels"],
     package_dir={"msds": "msds", "msds.kernels": "kernels"},
+    # The supported range, each end tested in CI (README, "Supported versions").
     install_requires=[
-        "torch>=2.11",
+        "torch>=2.11,<2.15",
         "numpy",
         "scipy",
         "pillow",
-        'triton>=3.6; platform_system == "Linux" and platform_machine == "x86_64"',
+        'triton>=3.6,<3.10; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
     # matplotlib draws the benchmark plot (bench/plot.py), which the tests exercise.
     extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib"], "bench": ["matplotlib"]},

@@ -9,8 +9,11 @@ On a CUDA machine, with only that machine's own packages, it
 4. compares the fast path's scores with the plain configuration's,
 5. runs the head benchmarks (Triton against the reference, same run) and the
    end-to-end ones (fast path against plain, same run),
-and prints a short table of each, saving everything as JSON (--out) next to
-the raw pytest-benchmark file (for `python -m bench.plot`).
+and prints a short table of each as soon as it is done, saving everything
+as JSON (--out) next to the raw pytest-benchmark file (for `python -m
+bench.plot`). Each section reports its own failure and the rest still run;
+the JSON is rewritten after every section, so a run cut off at a time limit
+keeps what it measured. `--parity-only` runs steps 1-4, `--bench-only` step 5.
 `--smoke` runs the same code on the CPU with tiny shapes under the Triton
 interpreter, to check the script itself.
 """
@@ -23,8 +26,9 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +37,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="CPU dry run with tiny shapes (interpreter)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--skip-tests", action="store_true", help="skip the parity tests")
-    parser.add_argument("--skip-bench", action="store_true", help="skip the benchmarks")
+    half = parser.add_mutually_exclusive_group()
+    half.add_argument("--parity-only", action="store_true",
+                      help="parity tests, precision table, compile check and fast-path agreement only")
+    half.add_argument("--bench-only", action="store_true", help="the benchmarks only")
     return parser.parse_args()
 
 
@@ -42,7 +48,6 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.smoke:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import msds  # noqa: E402
@@ -57,12 +62,22 @@ def device_env(smoke: bool) -> dict:
     return env
 
 
+def run_pytest(arguments: list, smoke: bool, timeout: float) -> subprocess.CompletedProcess:
+    """pytest in a child process on the check's device; a timeout is reported, not raised."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments]
+    try:
+        return subprocess.run(command, cwd=ROOT, env=device_env(smoke), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+        return subprocess.CompletedProcess(command, 124, output + f"\ntimed out after {timeout:.0f} s", "")
+
+
 def run_tests(smoke: bool) -> dict:
     files = ["tests/test_triton_forward.py", "tests/test_triton_backward.py", "tests/test_reference_head.py"]
     selection = ["-k", "float64_matches_oracle and B1-C4"] if smoke else []
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, *selection],
-                            cwd=ROOT, env=device_env(smoke), capture_output=True, text=True)
+    result = run_pytest([*files, *selection], smoke, timeout=240)
     lines = result.stdout.strip().splitlines()
     summary = lines[-1] if lines else result.stderr.strip()[-500:]
     failures = [line for line in lines if line.startswith("FAILED")]
@@ -152,34 +167,36 @@ def fast_path_agreement(device: torch.device, smoke: bool) -> dict:
     return {"weights": weights or "random", "pairs": len(x), "image_size": size, "max_abs_difference": rows}
 
 
-def run_benchmarks(smoke: bool, json_path: Path) -> dict:
-    # The end-to-end rows of the targets and of the plot; `pytest bench` runs them all.
-    rows = "head or many_against_one or B16-256px-L3 or B64-256px-L3 or B256-256px-L3 or B64-512px-L3"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/bench_head.py",
-               "bench/bench_end_to_end.py", "-k", rows, "--benchmark-enable", f"--benchmark-json={json_path}"]
+# The end-to-end rows behind the targets and the plot; `pytest bench` runs them all.
+END_TO_END_ROWS = "many_against_one or B16-256px-L3 or B64-256px-L3 or B256-256px-L3 or B64-512px-L3"
+
+
+def run_benchmarks(file: str, selection: Optional[str], smoke: bool, json_path: Path, timeout: float) -> dict:
+    """One benchmark file in a child pytest; its rows grouped for the tables."""
+    arguments = [file, "--benchmark-enable", f"--benchmark-json={json_path}"]
+    arguments += ["-k", selection] if selection else []
     # A few rounds per row keep the whole check within minutes; each row has
     # run once untimed before (its memory measurement), which warms it up.
-    command += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"] if smoke else \
-        ["--benchmark-max-time=0.3", "--benchmark-min-rounds=3"]
-    result = subprocess.run(command, cwd=ROOT, env=device_env(smoke), capture_output=True, text=True)
+    arguments += ["--benchmark-max-time=0.01", "--benchmark-min-rounds=1"] if smoke else \
+        ["--benchmark-max-time=0.2", "--benchmark-min-rounds=3"]
+    json_path.unlink(missing_ok=True)
+    result = run_pytest(arguments, smoke, timeout)
     if result.returncode != 0 or not json_path.exists():
-        return {"returncode": result.returncode, "error": result.stdout[-2000:] + result.stderr[-2000:]}
-    report = json.loads(json_path.read_text())
-    head, end_to_end = {}, {}
-    for bench in report["benchmarks"]:
+        raise RuntimeError(f"pytest exited with {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    groups: dict = {}
+    for bench in json.loads(json_path.read_text())["benchmarks"]:
         info = bench["extra_info"]
         entry = {"median_ms": bench["stats"]["median"] * 1e3, "peak_extra_bytes": info["peak_extra_bytes"],
                  "trunk_tflops": info.get("trunk_tflops"), "fraction_of_bf16_rate": info.get("fraction_of_bf16_rate")}
         if "backend" in info:
-            head.setdefault(bench["group"], {})[info["backend"]] = entry
+            key = info["backend"]
         else:
             key = "precomputed" if info.get("precomputed") else "each-reference" if "precomputed" in info else info["config"]
-            end_to_end.setdefault(bench["group"], {})[key] = entry
-    compare(head, "triton", "reference")
-    compare(end_to_end, "fast-fp32", "plain")
-    compare(end_to_end, "fast-bf16", "plain")
-    compare(end_to_end, "precomputed", "each-reference")
-    return {"returncode": result.returncode, "groups": head, "end_to_end": end_to_end}
+        groups.setdefault(bench["group"], {})[key] = entry
+    for fast, base in (("triton", "reference"), ("fast-fp32", "plain"), ("fast-bf16", "plain"),
+                       ("precomputed", "each-reference")):
+        compare(groups, fast, base)
+    return {"file": file, "json": str(json_path), "groups": groups}
 
 
 def compare(groups: dict, fast: str, base: str) -> None:
@@ -191,37 +208,41 @@ def compare(groups: dict, fast: str, base: str) -> None:
             row[fast]["memory_ratio"] = mems[0] / mems[1] if None not in mems and mems[1] else None
 
 
-def print_tables(results: dict) -> None:
-    print(f"\n== device: {results['device']} | torch {results['torch']} | triton {results['triton']}")
-    if "tests" in results:
-        tests = results["tests"]
-        print(f"\n== parity tests ({tests['seconds']} s): {tests['summary']}")
-        for line in tests["failures"]:
-            print("   ", line)
-    table = results["precision"]
-    print(f"\n== score error vs float64 ({table['weights']} trunk, {table['pairs']} pairs of "
+def print_tests(tests: dict) -> None:
+    print(f"parity tests ({tests['seconds']} s): {tests['summary']}")
+    for line in tests["failures"]:
+        print("   ", line)
+
+
+def print_precision(table: dict) -> None:
+    print(f"score error vs float64 ({table['weights']} trunk, {table['pairs']} pairs of "
           f"{table['image_size']}px images, {table['levels']} levels)")
     for name, row in table["modes"].items():
         print(f"   {name:28s} max {row['max_abs_error']:.2e}   mean {row['mean_abs_error']:.2e}")
-    agreement = results["fast_path"]
-    differences = ", ".join(f"{k} {v:.1e}" for k, v in agreement["max_abs_difference"].items())
-    print(f"\n== fast path vs plain ({agreement['weights']} trunk, {agreement['pairs']} pairs of "
-          f"{agreement['image_size']}px): max |score difference| {differences}")
-    check = results["compile"]
-    print(f"\n== torch.compile(fullgraph=True, backend={check['backend']}) of the loss: value diff "
+
+
+def print_compile(check: dict) -> None:
+    print(f"torch.compile(fullgraph=True, backend={check['backend']}) of the loss: value diff "
           f"{check['value_difference']:.1e}, grad rel diff {check['grad_relative_difference']:.1e}")
-    if "bench" in results:
-        bench = results["bench"]
-        if "groups" not in bench:
-            print("\n== benchmarks FAILED:\n", bench["error"])
-            return
-        print("\n== head benchmarks (median ms; speedup and peak extra memory vs the reference, same run)")
-        print_groups(bench["groups"], ("triton",), "reference")
-        print("\n== end to end (median ms; speedup and peak memory vs plain, same run; trunk TFLOP/s)")
-        print_groups(bench["end_to_end"], ("fast-fp32", "fast-bf16", "precomputed"), None)
 
 
-def print_groups(groups: dict, fast_keys, base: Optional[str]) -> None:
+def print_fast_path(agreement: dict) -> None:
+    differences = ", ".join(f"{k} {v:.1e}" for k, v in agreement["max_abs_difference"].items())
+    print(f"fast path vs plain ({agreement['weights']} trunk, {agreement['pairs']} pairs of "
+          f"{agreement['image_size']}px): max |score difference| {differences}")
+
+
+def print_head(bench: dict) -> None:
+    print("head benchmarks (median ms; speedup and peak extra memory vs the reference, same run)")
+    print_groups(bench["groups"], "reference")
+
+
+def print_end_to_end(bench: dict) -> None:
+    print("end to end (median ms; speedup and peak memory vs plain, same run; trunk TFLOP/s)")
+    print_groups(bench["groups"], None)
+
+
+def print_groups(groups: dict, base: Optional[str]) -> None:
     for group, row in sorted(groups.items()):
         cells = []
         for key, entry in row.items():
@@ -235,8 +256,33 @@ def print_groups(groups: dict, fast_keys, base: Optional[str]) -> None:
         print(f"   {group:40s} " + "  ".join(cells))
 
 
+def run_section(results: dict, name: str, measure: Callable[[], dict], show: Callable[[dict], None],
+                out: Optional[Path]) -> bool:
+    """Run one section, print its table at once, record it (or its failure) and save the JSON.
+
+    A failing section is reported and the next one still runs.
+    """
+    print(f"\n== {name}", flush=True)
+    started = time.time()
+    try:
+        results[name] = measure()
+        show(results[name])
+        ok = results[name].get("returncode", 0) == 0
+    except Exception as err:  # noqa: BLE001 - one section's failure must not end the check
+        results[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+        print(f"FAILED: {results[name]['error']}\n{results[name]['traceback']}")
+        ok = False
+    results[name]["section_seconds"] = round(time.time() - started, 1)
+    sys.stdout.flush()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    return ok
+
+
 def main() -> int:
     args = ARGS or parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # a run cut off at a time limit still shows what it measured
     device = torch.device("cpu" if args.smoke else "cuda")
     if not args.smoke and not torch.cuda.is_available():
         print("bench.gpu_check needs a CUDA GPU; use --smoke for a CPU dry run", file=sys.stderr)
@@ -246,23 +292,32 @@ def main() -> int:
     started = time.time()
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
                "torch": torch.__version__, "triton": triton.__version__}
-    if not args.skip_tests:
-        results["tests"] = run_tests(args.smoke)
-    results["precision"] = precision_table(device, args.smoke)
-    results["compile"] = compile_check(device, args.smoke)
-    results["fast_path"] = fast_path_agreement(device, args.smoke)
-    if not args.skip_bench:
-        json_path = (args.out or ROOT / "bench" / "results" / "last.json").with_suffix(".benchmarks.json")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        results["bench"] = run_benchmarks(args.smoke, json_path)
+    print(f"== device: {results['device']} | torch {results['torch']} | triton {results['triton']}", flush=True)
+    raw = (args.out or ROOT / "bench" / "results" / "last.json").with_suffix("")
+    sections = []
+    if not args.bench_only:
+        sections += [
+            ("tests", lambda: run_tests(args.smoke), print_tests),
+            ("precision", lambda: precision_table(device, args.smoke), print_precision),
+            ("compile", lambda: compile_check(device, args.smoke), print_compile),
+            ("fast_path", lambda: fast_path_agreement(device, args.smoke), print_fast_path),
+        ]
+    if not args.parity_only:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        sections += [
+            ("bench_head", lambda: run_benchmarks("bench/bench_head.py", None, args.smoke,
+                                                  Path(f"{raw}.head.benchmarks.json"), timeout=150), print_head),
+            ("bench_end_to_end", lambda: run_benchmarks("bench/bench_end_to_end.py", END_TO_END_ROWS, args.smoke,
+                                                        Path(f"{raw}.end_to_end.benchmarks.json"), timeout=210),
+             print_end_to_end),
+        ]
+    failed = [name for name, measure, show in sections if not run_section(results, name, measure, show, args.out)]
     results["seconds"] = round(time.time() - started, 1)
-    print_tables(results)
-    print(f"\n== total {results['seconds']} s")
+    results["failed_sections"] = failed
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
-    ok = results.get("tests", {}).get("returncode", 0) == 0 and results.get("bench", {}).get("returncode", 0) == 0
-    return 0 if ok else 1
+    print(f"\n== total {results['seconds']} s; " + (f"FAILED: {', '.join(failed)}" if failed else "every section passed"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import triton
@@ -79,10 +79,10 @@ def _gram_step(
     """Add one chunk of positions to both Gram blocks."""
     a = _load_panel(x_base, rows, k, C, k_len, sxc, MASK_C, MASK_K)
     c = _load_panel(x_base, cols, k, C, k_len, sxc, MASK_C, MASK_K)
-    gx = tl.dot(a, tl.trans(c), gx, input_precision=PRECISION)
+    gx = tl.dot(a, tl.trans(c), gx, input_precision=PRECISION, out_dtype=gx.dtype)
     a = _load_panel(y_base, rows, k, C, k_len, syc, MASK_C, MASK_K)
     c = _load_panel(y_base, cols, k, C, k_len, syc, MASK_C, MASK_K)
-    gy = tl.dot(a, tl.trans(c), gy, input_precision=PRECISION)
+    gy = tl.dot(a, tl.trans(c), gy, input_precision=PRECISION, out_dtype=gy.dtype)
     return gx, gy
 
 
@@ -204,7 +204,7 @@ def _accumulate_rows(
         acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=gbar.dtype)
         if bj > 0:
             acc = tl.load(out_base + out_offsets, mask=out_mask, other=0.0)
-        acc = tl.dot(gbar2, f, acc, input_precision=PRECISION)
+        acc = tl.dot(gbar2, f, acc, input_precision=PRECISION, out_dtype=acc.dtype)
         tl.store(out_base + out_offsets, acc, mask=out_mask)
 
 
@@ -270,16 +270,22 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False) -> Co
 
     BLOCK_C is the largest of 64, 32, 16 that divides C, else 16 with the
     last block masked (16 is tl.dot's minimum; masking a larger block costs
-    registers the Gram accumulators need). BLOCK_K holds 128 bytes of a row
-    in the forward and half that in the backward, which also keeps the
-    gradient block live. tests/sm90.py checks every choice compiles for
-    sm_90 without spilling.
+    registers the Gram accumulators need); float64 blocks stop at 32, whose
+    64-wide blocks spill. BLOCK_K holds 128 bytes of a row in the forward and
+    half that in the backward, which also keeps the gradient block live.
+    Warps: one per 16 x 8 slice of the block's rows (4 or 8). The 16-wide
+    blocks only serve channel counts far below VGG's 512; they take 4 warps,
+    16 positions a step and no software pipelining, the one setting found
+    spill-free on every supported triton. tests/sm90.py checks every choice
+    compiles for sm_90 without spilling.
     """
-    block_c = next((size for size in (64, 32) if channels % size == 0), 16)
+    widths = (32,) if dtype == torch.float64 else (64, 32)
+    block_c = next((size for size in widths if channels % size == 0), 16)
+    if block_c == 16:
+        return Config(block_c=16, block_k=16, num_warps=4, num_stages=1)
     block_k = {torch.float64: 16, torch.float32: 32}.get(dtype, 64)
     if backward:
         block_k = max(16, block_k // 2)
-    # One warp per 16 x 8 slice of the block's rows: 2, 4 or 8 warps.
     return Config(block_c=block_c, block_k=block_k, num_warps=block_c // 8, num_stages=2)
 
 

@@ -102,11 +102,22 @@ def multiscale_gram_ssim(
             )
     head = select_head(backend, fxs[0].device, len(fxs))
     device_type = fxs[0].device.type
-    if not torch.amp.is_autocast_available(device_type):
+    if not _autocast_enabled(device_type):
         return head(list(fxs), list(fys), eps, precision)
     # Autocast would recast the reference's fp32 Gram products to 16 bits.
     with torch.autocast(device_type=device_type, enabled=False):
         return head(list(fxs), list(fys), eps, precision)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False where it does not exist).
+
+    Dynamo in torch 2.11 cannot trace torch.amp.is_autocast_available, so under
+    torch.compile (CUDA and CPU tensors, where autocast exists) it is not asked.
+    """
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
+        return False
+    return torch.is_autocast_enabled(device_type)
 
 
 def gram_ssim(

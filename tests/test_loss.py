@@ -1,6 +1,5 @@
 """MSDS as a drop-in training loss: DDP, autocast, channels_last, torch.compile."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import torch
 
 import msds
+from helpers import subprocess_env
 
 HERE = Path(__file__).parent
 
@@ -19,7 +19,7 @@ def pair(generator, shape=(2, 3, 32, 32)):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     single = tmp_path / "single.pt"
     double = tmp_path / "ddp.pt"
     run = subprocess.run([sys.executable, str(HERE / "ddp_step.py"), str(single)], env=env,

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import msds
-from helpers import relu_features
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
 

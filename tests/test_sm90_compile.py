@@ -1,12 +1,13 @@
 """Every kernel configuration compiles for Hopper (sm_90), fits in shared memory and does not spill."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import subprocess_env
 
 pytest.importorskip("triton")
 
@@ -17,8 +18,8 @@ HERE = Path(__file__).parent
 def report():
     # The test session runs kernels under the interpreter; compiling for a
     # GPU needs a process where TRITON_INTERPRET is unset.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    env = subprocess_env(TRITON_DEFAULT_FP_FUSION="1")
+    env.pop("TRITON_INTERPRET", None)
     result = subprocess.run([sys.executable, str(HERE / "sm90.py")], capture_output=True, text=True,
                             env=env, timeout=900, cwd=HERE)
     assert result.returncode == 0, result.stderr[-3000:]
