@@ -13,7 +13,9 @@ are deterministic (no atomics).
 Levels. Each level's feature maps stay where the trunk wrote them (copying
 them into one buffer would cost as much memory as the features): the kernel
 takes up to MAX_LEVELS pointers per image and picks its level's at run time,
-with lengths and strides from a small table. Positions must be contiguous
+with lengths and strides from a small table. Each image has its own length
+per level: the two Gram matrices are C x C whatever the number of positions,
+so images of different sizes are compared as they are. Positions must be contiguous
 (NCHW); other layouts (channels_last, slices) are copied once per level,
 because loads along strided positions cost the kernel registers it spills.
 """
@@ -73,25 +75,22 @@ def _load_panel(base, rows, k, C, k_len, stride_c, MASK_C: tl.constexpr, MASK_K:
 
 @triton.jit
 def _gram_step(
-    gx, gy, x_base, y_base, rows, cols, k, C, k_len, sxc, syc,
+    g, base, rows, cols, k, C, k_len, stride_c,
     MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Add one chunk of positions to both Gram blocks."""
-    a = _load_panel(x_base, rows, k, C, k_len, sxc, MASK_C, MASK_K)
-    c = _load_panel(x_base, cols, k, C, k_len, sxc, MASK_C, MASK_K)
-    gx = tl.dot(a, tl.trans(c), gx, input_precision=PRECISION, out_dtype=gx.dtype)
-    a = _load_panel(y_base, rows, k, C, k_len, syc, MASK_C, MASK_K)
-    c = _load_panel(y_base, cols, k, C, k_len, syc, MASK_C, MASK_K)
-    gy = tl.dot(a, tl.trans(c), gy, input_precision=PRECISION, out_dtype=gy.dtype)
-    return gx, gy
+    """Add one chunk of positions to a Gram block."""
+    a = _load_panel(base, rows, k, C, k_len, stride_c, MASK_C, MASK_K)
+    c = _load_panel(base, cols, k, C, k_len, stride_c, MASK_C, MASK_K)
+    return tl.dot(a, tl.trans(c), g, input_precision=PRECISION, out_dtype=g.dtype)
 
 
 @triton.jit
-def _gram_blocks(
-    x_base, y_base, bi, bj, k_len, C, sxc, syc,
+def _gram_block(
+    base, bi, bj, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Blocks (bi, bj) of both Gram matrices, BLOCK_C x BLOCK_C in ACC precision.
+    """Block (bi, bj) of one image's Gram matrix over its k_len positions,
+    BLOCK_C x BLOCK_C in ACC precision.
 
     Whole chunks of positions load without a mask; the last partial chunk
     of the level is masked.
@@ -99,15 +98,24 @@ def _gram_blocks(
     rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
     cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
     ks = tl.arange(0, BLOCK_K)
-    gx = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
-    gy = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
+    g = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
     k_whole = k_len - k_len % BLOCK_K
     for k0 in range(0, k_whole, BLOCK_K):
-        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k0 + ks, C, k_len, sxc, syc,
-                            not EVEN_C, False, PRECISION)
+        g = _gram_step(g, base, rows, cols, k0 + ks, C, k_len, stride_c, not EVEN_C, False, PRECISION)
     if k_whole < k_len:
-        gx, gy = _gram_step(gx, gy, x_base, y_base, rows, cols, k_whole + ks, C, k_len, sxc, syc,
-                            not EVEN_C, True, PRECISION)
+        g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION)
+    return g
+
+
+@triton.jit
+def _gram_blocks(
+    x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+):
+    """Blocks (bi, bj) of both images' Gram matrices; each image has its own
+    number of positions (the two need not share a size)."""
+    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
+    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
     return gx, gy
 
 
@@ -139,21 +147,22 @@ def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
-    """This level's feature bases for image b, its length and channel strides."""
-    row = meta_ptr + level * 5  # a row of level_table: k_len, x strides (b, c), y strides (b, c)
-    k_len = tl.load(row).to(tl.int32)
+    """This level's feature bases for image b, both lengths and channel strides."""
+    row = meta_ptr + level * 6  # a row of level_table: x length, strides (b, c), then y's
+    kx_len = tl.load(row).to(tl.int32)
     x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
     sxc = tl.load(row + 2).to(tl.int32)
-    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 3)
-    syc = tl.load(row + 4).to(tl.int32)
-    return x_base, y_base, k_len, sxc, syc
+    ky_len = tl.load(row + 3).to(tl.int32)
+    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 4)
+    syc = tl.load(row + 5).to(tl.int32)
+    return x_base, y_base, kx_len, ky_len, sxc, syc
 
 
 @triton.jit
 def _gram_ssim_forward_kernel(
     x0, x1, x2, x3, x4, x5,  # per-level features of image x, (B, C, h_l, w_l); unused levels repeat x0
     y0, y1, y2, y3, y4, y5,  # per-level features of image y
-    meta_ptr,     # (L, 5) int64: k_len, x strides (b, c), y strides (b, c) per level
+    meta_ptr,     # (L, 6) int64 per level: x's length and strides (b, c), then y's
     pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
     partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
@@ -166,9 +175,10 @@ def _gram_ssim_forward_kernel(
     level = image_level % L
     bi = tl.load(pairs_ptr + 2 * t)
     bj = tl.load(pairs_ptr + 2 * t + 1)
-    x_base, y_base, k_len, sxc, syc = _level_setup(
+    x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
-    gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
+    gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
     _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C)
     # Tiles past C (a multiple of 4, not of BLOCK_C) are padding.
     NT: tl.constexpr = BLOCK_C // 4
@@ -213,7 +223,7 @@ def _gram_ssim_backward_kernel(
     x0, x1, x2, x3, x4, x5,        # per-level features of the image being differentiated
     y0, y1, y2, y3, y4, y5,        # per-level features of the other image
     gx0, gx1, gx2, gx3, gx4, gx5,  # per-level contiguous ACC-dtype gradients for x
-    meta_ptr,     # (L, 5) int64: k_len, x strides (b, c), y strides (b, c) per level
+    meta_ptr,     # (L, 6) int64 per level: x's length and strides (b, c), then y's
     grad_ptr,     # (B, L) upstream gradient of the scores divided by the tile count, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype
     C, L, NB,
@@ -235,21 +245,22 @@ def _gram_ssim_backward_kernel(
     image_level = tl.program_id(1)
     b = image_level // L
     level = image_level % L
-    x_base, y_base, k_len, sxc, syc = _level_setup(
+    x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
-    out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * k_len
+    out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * kx_len
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
     for bj in range(0, NB):
-        gx, gy = _gram_blocks(x_base, y_base, bi, bj, k_len, C, sxc, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
+        gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C)
         factor = (scale * 2 / (16 * denom))[:, None, :, None]
         gbar = tl.reshape(factor * (dy - score[:, None, :, None] * dx), (BLOCK_C, BLOCK_C))
         # Entries past C belong to padding tiles and must not contribute.
         cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
         gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
-        _accumulate_rows(out_base, x_base, gbar, bi, bj, k_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION)
+        _accumulate_rows(out_base, x_base, gbar, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION)
 
 
 # The kernels were defined for the Triton interpreter (TRITON_INTERPRET=1 when
@@ -340,8 +351,9 @@ def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
 
 
 def level_table(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(L, 5) int64: each level's length and the x and y batch and channel strides."""
-    rows = tuple((x.shape[2], x.stride(0), x.stride(1), y.stride(0), y.stride(1)) for x, y in zip(xs, ys))
+    """(L, 6) int64: per level, x's length (positions) and batch and channel
+    strides, then y's. The two images' lengths differ when their sizes do."""
+    rows = tuple((x.shape[2], x.stride(0), x.stride(1), y.shape[2], y.stride(0), y.stride(1)) for x, y in zip(xs, ys))
     for x in list(xs) + list(ys):
         extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
         if extent >= 2**31:

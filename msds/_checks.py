@@ -31,18 +31,6 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    """Both tensors share shape, device and dtype."""
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_b}: expected the same shape as {name_a} {tuple(a.shape)}, got {tuple(b.shape)}"
-        )
-    if a.device != b.device:
-        raise ValueError(f"{name_b}: expected the same device as {name_a} ({a.device}), got {b.device}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"{name_b}: expected the same dtype as {name_a} ({a.dtype}), got {b.dtype}")
-
-
 def check_eps(eps: object) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps: expected a finite number >= 0, got {describe(eps)}")
@@ -55,16 +43,34 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     return value
 
 
+def check_device_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Both tensors share device and dtype."""
+    if a.device != b.device:
+        raise ValueError(f"{name_b}: expected the same device as {name_a} ({a.device}), got {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b}: expected the same dtype as {name_a} ({a.dtype}), got {b.dtype}")
+
+
 def check_feature_pair(name_x: str, fx: object, name_y: str, fy: object) -> None:
-    """Feature maps (B, C, h, w) of the two images at one level."""
-    check_tensor(name_x, fx)
-    check_tensor(name_y, fy)
-    if fx.dim() != 4:
-        raise ValueError(f"{name_x}: expected a 4-D feature map (B, C, h, w), got shape {tuple(fx.shape)}")
-    check_same(name_x, fx, name_y, fy)
-    batch, channels, height, width = fx.shape
-    if batch < 1 or height < 1 or width < 1:
-        raise ValueError(f"{name_x}: expected B, h and w all >= 1, got shape {tuple(fx.shape)}")
+    """Feature maps (B, C, h, w) of the two images at one level.
+
+    B and C must agree; h and w are each image's own (the two Gram matrices
+    are C x C whatever the number of positions).
+    """
+    for name, f in ((name_x, fx), (name_y, fy)):
+        check_tensor(name, f)
+        if f.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D feature map (B, C, h, w), got shape {tuple(f.shape)}")
+    if fy.shape[:2] != fx.shape[:2]:
+        raise ValueError(
+            f"{name_y}: expected the batch size and channel count of {name_x} (B, C) = {tuple(fx.shape[:2])}, "
+            f"got {tuple(fy.shape[:2])} (shape {tuple(fy.shape)})"
+        )
+    check_device_dtype(name_x, fx, name_y, fy)
+    channels = fx.shape[1]
+    for name, f in ((name_x, fx), (name_y, fy)):
+        if f.shape[0] < 1 or f.shape[2] < 1 or f.shape[3] < 1:
+            raise ValueError(f"{name}: expected B, h and w all >= 1, got shape {tuple(f.shape)}")
     if channels < 4 or channels % 4:
         raise ValueError(
             f"{name_x}: expected a channel count that is a positive multiple of 4 "
@@ -92,23 +98,38 @@ def check_image(name: str, image: object, levels: int, check_range: bool) -> tor
             f"{name}: expected images of at least {smallest}x{smallest} pixels for levels={levels} "
             f"(relu5_1 needs 16x16 pixels at the coarsest level), got {height}x{width}"
         )
+    if check_range:
+        check_pixel_range(name, image)
+    return image
+
+
+def check_pixel_range(name: str, image: torch.Tensor) -> None:
     # One fused test that also catches NaN, which fails both comparisons.
-    if check_range and not bool(((image >= 0) & (image <= 1)).all()):
+    if not bool(((image >= 0) & (image <= 1)).all()):
         raise ValueError(
             f"{name}: expected pixel values in [0, 1] (no NaN), got values in "
             f"[{image.min().item():.4g}, {image.max().item():.4g}]; "
             "pass check_range=False to skip this check"
         )
-    return image
 
 
 def check_images(x: object, y: object, levels: int, check_range: bool) -> None:
-    """Two RGB batches of one shape, device and dtype (see check_image)."""
-    check_tensor("x", x)
-    check_tensor("y", y)
-    check_same("x", x, "y", y)
-    check_image("x", x, levels, check_range)
-    check_image("y", y, levels, check_range)
+    """Two RGB batches of one batch size, device and dtype (see check_image).
+
+    Heights and widths are each image's own: DeepSSIM compares C x C Gram
+    matrices, so references need not match the test image's geometry.
+    """
+    check_image("x", x, levels, check_range=False)
+    check_image("y", y, levels, check_range=False)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y: expected the batch size of x ({x.shape[0]}), got {y.shape[0]} "
+            f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
+        )
+    check_device_dtype("x", x, "y", y)
+    if check_range:
+        check_pixel_range("x", x)
+        check_pixel_range("y", y)
 
 
 def min_side(levels: int) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -14,8 +14,8 @@ from msds import demo
 from msds._checks import min_side
 from msds.evaluate import DatasetError, evaluate
 from msds.fusion import FusionError, fit_fusion, read_level_scores, save_fusion
-from msds.images import ImageError, load_image, pair_paths, to_image
-from msds.metric import MSDS
+from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
+from msds.metric import MSDS, DeepSSIM
 from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
 
 
@@ -27,7 +27,7 @@ def weights_arg(text: str) -> WeightsArg:
     return None if text == "random" else text
 
 
-def weights_label(model: MSDS, text: str) -> str:
+def weights_label(model: Union[MSDS, DeepSSIM], text: str) -> str:
     return text if model.pretrained else "random (untrained: scores are not meaningful)"
 
 
@@ -40,6 +40,16 @@ def build_model(levels: int, weights: WeightsArg, device: str, fusion: Optional[
         return MSDS(levels=levels, weights=weights, fusion=fusion).to(device)
     except (WeightsError, FusionError, ValueError, TypeError) as err:
         raise CommandError(str(err)) from err
+
+
+def build_deepssim(lite: bool, weights: WeightsArg, device: str) -> DeepSSIM:
+    try:
+        return DeepSSIM(weights=weights, lite=lite).to(device)
+    except (WeightsError, ValueError, TypeError) as err:
+        raise CommandError(str(err)) from err
+
+
+METRIC_NAMES = {"msds": "MSDS", "deepssim": "DeepSSIM", "lite": "DeepSSIM-Lite"}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -62,45 +72,77 @@ class ReferenceCache:
 
     def get(self, path: Path):
         if path != self.path:
-            image = load_image(path)
-            try:
-                self.features = self.model.precompute(image.to(self.device))
-            except ValueError as err:
-                raise ImageError(f"{path}: {err}") from err
-            self.path, self.shape = path, image.shape
-        return self.shape, self.features
+            image = load_image_for(path, self.model.levels)
+            self.features = self.model.precompute(image.to(self.device))
+            self.path = path
+        return self.features
 
 
 @torch.no_grad()
 def score_pair(model: MSDS, cache: ReferenceCache, ref: Path, dist: Path, device: str) -> torch.Tensor:
-    """(L + 1,) level scores then the fused score of one file pair."""
-    shape, reference = cache.get(ref)
-    x = load_image(dist)
-    if x.shape != shape:
-        raise ImageError(f"{dist}: expected the size of {ref} ({shape[-1]}x{shape[-2]}), got {x.shape[-1]}x{x.shape[-2]}")
+    """(L + 1,) level scores then the fused score of one file pair; the two may differ in size."""
+    reference = cache.get(ref)
+    x = load_image_for(dist, model.levels)
     levels = model.level_scores(x.to(device), reference)
     return torch.cat([levels[0], model.fuse(levels)]).double().cpu()
 
 
+@torch.no_grad()
+def score_deepssim_pair(model: DeepSSIM, ref: Path, dist: Path, masks: Optional[Tuple[Path, Path]],
+                        device: str) -> torch.Tensor:
+    """(1,) DeepSSIM (or Lite) score of one file pair, saliency-calibrated when masks are given."""
+    y, x = load_image_for(ref, 1), load_image_for(dist, 1)
+    mask_y = mask_x = None
+    if masks is not None:
+        mask_y, mask_x = (load_mask(path, image, image_path)
+                          for path, image, image_path in zip(masks, (y, x), (ref, dist)))
+        mask_y, mask_x = mask_y.to(device), mask_x.to(device)
+    return model(x.to(device), y.to(device), mask_x, mask_y).double().cpu()
+
+
+def mask_pairs(pairs: Sequence[Tuple[Path, Path]], ref_mask: Path, dist_mask: Path) -> List[Tuple[Path, Path]]:
+    """The saliency masks of each (reference, distorted) pair: the given files, or
+    files of the same names in the given folders."""
+    def mask_for(image: Path, mask: Path, role: str) -> Path:
+        path = mask / image.name if mask.is_dir() else mask
+        if not path.is_file():
+            raise ImageError(f"{path}: no such file ({role} saliency mask for {image})")
+        return path
+
+    return [(mask_for(ref, ref_mask, "REF"), mask_for(dist, dist_mask, "DIST")) for ref, dist in pairs]
+
+
 def run_score(args: argparse.Namespace) -> None:
+    metric = args.metric or ("deepssim" if args.saliency else "msds")
+    if args.saliency and metric != "deepssim":
+        raise CommandError(f"--saliency: applies to --metric deepssim (the saliency-calibrated DeepSSIM), "
+                           f"got --metric {metric}")
     pairs = pair_paths(Path(args.ref), Path(args.dist))
-    model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
-    cache = ReferenceCache(model, args.device)
-    results = [(ref, dist, score_pair(model, cache, ref, dist, args.device)) for ref, dist in pairs]
+    if metric == "msds":
+        model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
+        cache = ReferenceCache(model, args.device)
+        results = [(ref, dist, score_pair(model, cache, ref, dist, args.device)) for ref, dist in pairs]
+        header, levels = level_header(args.levels), args.levels
+    else:
+        masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)
+        model = build_deepssim(metric == "lite", weights_arg(args.weights), args.device)
+        results = [(ref, dist, score_deepssim_pair(model, ref, dist, mask, args.device))
+                   for (ref, dist), mask in zip(pairs, masks)]
+        header, levels = [METRIC_NAMES[metric]], None
     if args.json:
-        report = {
-            "weights": weights_label(model, args.weights),
-            "levels": args.levels,
-            "pairs": [
-                {"ref": str(ref), "dist": str(dist), "level_scores": s[:-1].tolist(), "score": s[-1].item()}
-                for ref, dist, s in results
-            ],
-        }
+        report = {"metric": metric, "weights": weights_label(model, args.weights), "levels": levels,
+                  "saliency": bool(args.saliency), "pairs": []}
+        for ref, dist, s in results:
+            entry = {"ref": str(ref), "dist": str(dist), "score": s[-1].item()}
+            if metric == "msds":
+                entry["level_scores"] = s[:-1].tolist()
+            report["pairs"].append(entry)
         print(json.dumps(report, indent=2))
         return
-    print(f"trunk weights: {weights_label(model, args.weights)}")
+    print(f"trunk weights: {weights_label(model, args.weights)}"
+          + ("; saliency-calibrated" if args.saliency else ""))
     rows = [[str(ref), str(dist), *(f"{v:.6f}" for v in s.tolist())] for ref, dist, s in results]
-    print(format_table(["ref", "dist", *level_header(args.levels)], rows))
+    print(format_table(["ref", "dist", *header], rows))
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -238,10 +280,15 @@ def make_parser() -> argparse.ArgumentParser:
         command.add_argument("--device", default=default_device(), help="torch device (default: cuda if available)")
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    score = commands.add_parser("score", help="score distorted images against references")
+    score = commands.add_parser("score", help="score distorted images against references (sizes may differ)")
     score.add_argument("ref", help="reference image file, or a folder of them")
     score.add_argument("dist", help="distorted image file, or a folder (all scored against a REF file, "
-                                    "or paired with a REF folder by file name)")
+                                    "or paired with a REF folder by file name); sizes need not match REF's")
+    score.add_argument("--metric", choices=tuple(METRIC_NAMES),
+                       help="msds (default), deepssim, or lite (DeepSSIM-Lite); --saliency implies deepssim")
+    score.add_argument("--saliency", nargs=2, metavar=("REF_MASK", "DIST_MASK"),
+                       help="saliency-calibrated DeepSSIM: binary mask images (nonzero = salient), each the size "
+                            "of its own image; folders of masks named like the images for folders")
     model_options(score)
     score.set_defaults(run=run_score)
 

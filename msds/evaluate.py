@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from msds.correlation import correlations
-from msds.images import ImageError, load_image
+from msds.images import ImageError, load_image_for
 from msds.metric import MSDS
 
 
@@ -162,17 +162,14 @@ def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], ro
 
     Batches are cut from the whole unit, so a resumed run forms the same
     batches as an uninterrupted one; a batch with nothing left to do is
-    passed over, one that was partly written is scored again whole. A bad
-    image raises ImageError naming it, or with skip_bad is recorded in
-    outcome.skipped with the reason.
+    passed over, one that was partly written is scored again whole. Within
+    a batch, distorted images are scored in groups of one size (they need
+    not share the reference's). A bad image raises ImageError naming it, or
+    with skip_bad is recorded in outcome.skipped with the reason.
     """
     ref_path = root / unit[0].ref
     try:
-        y = load_image(ref_path)
-        try:
-            reference = model.precompute(y.to(device))
-        except ValueError as err:  # too small for the levels
-            raise ImageError(f"{ref_path}: {err}") from err
+        reference = model.precompute(load_image_for(ref_path, model.levels).to(device))
     except ImageError as err:
         if not skip_bad:
             raise
@@ -181,28 +178,26 @@ def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], ro
     for start in range(0, len(unit), batch_size):
         if all(pair.index in done for pair in unit[start : start + batch_size]):
             continue
-        batch, images = [], []
+        by_size: Dict[Tuple[int, ...], List[Tuple[Pair, torch.Tensor]]] = {}
         for pair in unit[start : start + batch_size]:
             try:
-                image = load_image(root / pair.dist)
-                if image.shape != y.shape:
-                    raise ImageError(f"{root / pair.dist}: expected the size of its reference {ref_path} "
-                                     f"({y.shape[-1]}x{y.shape[-2]}), got {image.shape[-1]}x{image.shape[-2]}")
+                image = load_image_for(root / pair.dist, model.levels)
             except ImageError as err:
                 if not skip_bad:
                     raise
                 outcome.skipped.append((pair, str(err)))
                 continue
-            batch.append(pair)
-            images.append(image)
-        if not batch:
-            continue
-        with torch.no_grad():
-            scores = model.level_scores(torch.cat(images).to(device), reference)
-            fused = model.fuse(scores)
-        for pair, total, levels in zip(batch, fused.double().tolist(), scores.double().tolist()):
-            outcome.rows[pair.index] = format_row(pair, total, levels)
-        yield batch
+            by_size.setdefault(tuple(image.shape), []).append((pair, image))
+        batch = []
+        for group in by_size.values():
+            with torch.no_grad():
+                scores = model.level_scores(torch.cat([image for _, image in group]).to(device), reference)
+                fused = model.fuse(scores)
+            for (pair, _), total, levels in zip(group, fused.double().tolist(), scores.double().tolist()):
+                outcome.rows[pair.index] = format_row(pair, total, levels)
+                batch.append(pair)
+        if batch:
+            yield batch
 
 
 def setup_distributed(device_arg: Optional[str]) -> Tuple[int, int, torch.device]:
@@ -259,7 +254,7 @@ def finish(out: Path, pairs: Sequence[Pair], levels: int, done: Dict[int, List[s
            outcomes: Sequence[Outcome]) -> dict:
     errors = [o.error for o in outcomes if o.error]
     if errors:
-        raise DatasetError("; ".join(errors) + f" (finished pairs are kept; rerun with the same --out to resume)")
+        raise DatasetError("; ".join(errors) + " (finished pairs are kept; rerun with the same --out to resume)")
     rows = dict(done)
     skipped: List[Tuple[Pair, str]] = []
     for outcome in outcomes:

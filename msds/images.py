@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from msds._checks import check_image
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -26,6 +28,35 @@ def load_image(path: Path) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: not a readable image ({err})") from err
     return torch.from_numpy(pixels / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def load_image_for(path: Path, levels: int) -> torch.Tensor:
+    """load_image, refused with the file's name if too small for `levels` pyramid levels."""
+    image = load_image(path)
+    try:
+        check_image("image", image, levels, check_range=False)
+    except ValueError as err:
+        raise ImageError(f"{path}: {str(err).removeprefix('image: ')}") from err
+    return image
+
+
+def load_mask(path: Path, image: torch.Tensor, image_path: Path) -> torch.Tensor:
+    """A saliency mask file as a (1, 1, H, W) float32 tensor of 0 and 1 (nonzero = salient).
+
+    It must have the size of `image`, the (1, 3, H, W) image it calibrates.
+    """
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as mask:
+            values = np.asarray(mask.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: not a readable image ({err})") from err
+    height, width = image.shape[-2:]
+    if values.shape != (height, width):
+        raise ImageError(f"{path}: expected a mask the size of {image_path} ({width}x{height}), "
+                         f"got {values.shape[1]}x{values.shape[0]}")
+    return torch.from_numpy((values != 0).astype(np.float32))[None, None]
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:

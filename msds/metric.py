@@ -113,17 +113,18 @@ class _DeepFeatureMetric(nn.Module):
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Trunk features of both images at every level.
 
-        On the fast path, where both images need a gradient or neither does,
-        they share one trunk pass per level. Otherwise each has its own pass,
-        and one that needs no gradient (the target, in a loss) runs without
-        autograd.
+        On the fast path, where both images need a gradient or neither does
+        and the level's images share a size, they share one trunk pass.
+        Otherwise each has its own pass (images of different sizes always
+        do), and one that needs no gradient (the target, in a loss) runs
+        without autograd.
         """
         fast = self._is_fast(xs[0])
-        shared = fast and (not torch.is_grad_enabled() or xs[0].requires_grad == ys[0].requires_grad)
+        same_grad = not torch.is_grad_enabled() or xs[0].requires_grad == ys[0].requires_grad
         fxs, fys = [], []
         for level, (x, y) in enumerate(zip(xs, ys)):
             masks = (mask_x, mask_y) if level == 0 else (None, None)
-            if shared:
+            if fast and same_grad and x.shape[-2:] == y.shape[-2:]:
                 mask = None
                 if masks != (None, None):
                     ones = torch.ones_like(x[:, :1])
@@ -210,7 +211,8 @@ class MSDS(_DeepFeatureMetric):
     def precompute(self, y: torch.Tensor) -> ReferenceFeatures:
         """Trunk features of reference images (B_ref, 3, H, W), for reuse as `y`.
 
-        A batch of one reference is broadcast against any batch of `x`.
+        A batch of one reference is broadcast against any batch of `x`, and
+        `x` may have any size of its own.
         """
         _checks.check_image("y", y, self.levels, self.check_range)
         fast = self._is_fast(y)
@@ -223,10 +225,10 @@ class MSDS(_DeepFeatureMetric):
         ref_batch = ref.image_shape[0]
         if len(ref.features) != self.levels:
             raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
-        if x.shape[1:] != ref.image_shape[1:] or ref_batch not in (1, x.shape[0]):
+        if ref_batch not in (1, x.shape[0]):
             raise ValueError(
-                f"x: expected images of shape (B, {', '.join(map(str, ref.image_shape[1:]))}) with B = "
-                f"{ref_batch} or a reference batch of 1, as the precomputed reference, got {tuple(x.shape)}"
+                f"x: expected a batch of {ref_batch} images like the precomputed reference "
+                f"{tuple(ref.image_shape)} (or a reference batch of 1, which broadcasts), got {tuple(x.shape)}"
             )
         if x.device != ref.device or x.dtype != ref.dtype:
             raise ValueError(
@@ -242,8 +244,12 @@ class MSDS(_DeepFeatureMetric):
 
         Args:
             x: images (B, 3, H, W) in [0, 1].
-            y: images of the same shape, dtype and device, or the
-                ReferenceFeatures of `precompute`.
+            y: references (B, 3, H', W') of the same batch size, dtype and
+                device, or the ReferenceFeatures of `precompute`. H' and W'
+                need not equal H and W: each image gets its own pyramid and
+                trunk pass, and the Gram matrices compared are 512 x 512
+                whatever the sizes. Each image needs sides of at least
+                16 * 2**(L-1) pixels.
         """
         if isinstance(y, ReferenceFeatures):
             fxs, fys = self._reference_pair(x, y)
@@ -269,15 +275,18 @@ class DeepSSIM(_DeepFeatureMetric):
     Args:
         weights, as_loss, reduction, check_range, eps, backend, precision, fast,
         trunk_dtype: as for MSDS.
-        lite: the DeepSSIM-Lite variant meant for optimisation: the Gram
-            divided by C*h*w and one global tile over the whole C x C matrix
+        lite: the DeepSSIM-Lite variant meant for optimisation: each Gram
+            divided by its own C*h*w and one global tile over the whole C x C matrix
             (always computed by the reference head; it is cheap). Use it with
             as_loss=True for the published 1 - S loss.
 
-    `forward(x, y, mask_x=None, mask_y=None)` takes optional binary saliency
-    masks (B, 1, H, W) or (B, H, W), 1 where salient, which multiply the
-    conv1_1 output of the matching image (the saliency-calibrated variant).
-    1 means identical; higher is more similar.
+    `forward(x, y, mask_x=None, mask_y=None)` scores images x (B, 3, H, W)
+    against references y (B, 3, H', W'), which may differ in size (for
+    example a retargeted or cropped image against its original); each needs
+    sides of at least 16 pixels. Optional binary saliency masks (B, 1, H, W)
+    or (B, H, W), each the size of its own image, 1 where salient, multiply
+    the conv1_1 output of the matching image (the saliency-calibrated
+    variant). 1 means identical; higher is more similar.
     """
 
     levels = 1

@@ -12,6 +12,14 @@ def relu_features(shape, generator, dtype=torch.float64) -> torch.Tensor:
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + 0.3).relu().to(dtype)
 
 
+def images(shape, generator, dtype=torch.float64) -> torch.Tensor:
+    """Smooth-ish random images in [0, 1]: a blurred field plus fine noise."""
+    coarse = torch.rand(shape[0], 3, shape[2] // 4 + 1, shape[3] // 4 + 1, generator=generator, dtype=torch.float64)
+    field = torch.nn.functional.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
+    noise = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return (0.8 * field + 0.2 * noise).clamp(0, 1).to(dtype)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

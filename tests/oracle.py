@@ -55,10 +55,10 @@ def deepssim_head(fx, fy, eps: float = C_CONST, loops: bool = False) -> np.ndarr
 
 
 def lite_head(fx, fy, eps: float = C_CONST) -> np.ndarray:
-    """DeepSSIM-Lite: Gram / (C K), statistics over the whole matrix."""
+    """DeepSSIM-Lite: each Gram / its own (C K), statistics over the whole matrix."""
     fx, fy = (np.asarray(torch.as_tensor(f).detach().cpu().double()) for f in (fx, fy))
-    norm = fx.shape[1] * fx.shape[2] * fx.shape[3]
-    gx, gy = gram_np(fx) / norm, gram_np(fy) / norm
+    # Each Gram by its own C * h * w: the two images may differ in size.
+    gx, gy = (gram_np(f) / (f.shape[1] * f.shape[2] * f.shape[3]) for f in (fx, fy))
     out = []
     for a, b in zip(gx, gy):
         cov = np.cov(a.ravel(), b.ravel(), bias=True)

@@ -23,7 +23,8 @@ HEAD_CASES = [
     ("integer tensor", head(fy=torch.ones(2, 8, 3, 3, dtype=torch.int64)), TypeError, "fy: expected a floating"),
     ("3-D", head(fx=F[0], fy=F[0]), ValueError, "fx: expected a 4-D"),
     ("C not a multiple of 4", head(fx=F[:, :6], fy=F[:, :6]), ValueError, "multiple of 4"),
-    ("shape mismatch", head(fy=F[:, :, :2]), ValueError, "fy: expected the same shape"),
+    ("batch mismatch", head(fy=F[:1]), ValueError, "fy: expected the batch size and channel count of fx"),
+    ("channel mismatch", head(fy=F[:, :4]), ValueError, "fy: expected the batch size and channel count of fx"),
     ("dtype mismatch", head(fy=F.double()), TypeError, "fy: expected the same dtype"),
     ("device mismatch", head(fy=F.to("meta")), ValueError, "fy: expected the same device"),
     ("empty batch", head(fx=F[:0], fy=F[:0]), ValueError, "B, h and w all >= 1"),
@@ -37,7 +38,7 @@ HEAD_CASES = [
     ("level count mismatch", multi([F, F], [F]), ValueError, "fys: expected 2 levels"),
     ("channels differ by level", multi([F, F[:, :4]], [F, F[:, :4]]), ValueError, "fxs\\[1\\]: expected the batch"),
     ("batch differs by level", multi([F, F[:1]], [F, F[:1]]), ValueError, "fxs\\[1\\]"),
-    ("bad level pair", multi([F, F], [F, F[:, :, :1]]), ValueError, "fys\\[1\\]: expected the same shape"),
+    ("bad level pair", multi([F, F], [F, F[:1]]), ValueError, "fys\\[1\\]: expected the batch size"),
 ]
 
 
@@ -62,7 +63,7 @@ MODULE_CASES = [
     ("grey images", dict(x=IMG[:, :1], y=IMG[:, :1]), ValueError, "x: expected an RGB batch"),
     ("unbatched", dict(x=IMG[0], y=IMG[0]), ValueError, "x: expected an RGB batch"),
     ("empty batch", dict(x=IMG[:0], y=IMG[:0]), ValueError, "x: expected a batch of at least one"),
-    ("shape mismatch", dict(y=torch.rand(1, 3, 32, 48)), ValueError, "y: expected the same shape"),
+    ("batch mismatch", dict(y=torch.rand(2, 3, 32, 48)), ValueError, "y: expected the batch size of x \\(1\\), got 2"),
     ("dtype mismatch", dict(y=IMG.double()), TypeError, "y: expected the same dtype"),
     ("device mismatch", dict(y=IMG.to("meta")), ValueError, "y: expected the same device"),
     ("too small", dict(x=IMG[..., :31], y=IMG[..., :31]), ValueError, "at least 32x32 pixels for levels=2"),

@@ -8,7 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+import msds
+from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
 
 def run(*args, env=None):
@@ -70,8 +74,8 @@ def test_score_folders_pairs_by_name_and_prints_a_table(tmp_path):
     [
         ("missing", "missing.png: no such file"),
         ("unreadable", "junk.png: not a readable image"),
-        ("size", "expected the size of"),
-        ("small", "at least 32x32 pixels"),
+        ("small", "s1.png: expected images of at least 32x32 pixels"),
+        ("small distorted", "s2.png: expected images of at least 32x32 pixels"),
     ],
 )
 def test_file_problems_give_one_line_and_nonzero_exit(problem, expected, tmp_path, pair):
@@ -81,10 +85,10 @@ def test_file_problems_give_one_line_and_nonzero_exit(problem, expected, tmp_pat
     elif problem == "unreadable":
         dist = tmp_path / "junk.png"
         dist.write_bytes(b"\x89PNG this is not an image")
-    elif problem == "size":
-        dist = write_image(tmp_path / "other.png", 3, size=(48, 36))
+    elif problem == "small":
+        ref, dist = write_image(tmp_path / "s1.png", 0, (20, 40)), write_image(tmp_path / "s2.png", 1, (40, 40))
     else:
-        ref, dist = write_image(tmp_path / "s1.png", 0, (20, 20)), write_image(tmp_path / "s2.png", 1, (20, 20))
+        dist = write_image(tmp_path / "s2.png", 1, (40, 31))
     result = run("score", str(ref), str(dist), "--levels", "2", "--weights", "random")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -129,8 +133,6 @@ def test_demo_json_and_saved_images(tmp_path):
 
 
 def test_trim_weights_command(tmp_path):
-    import torch
-
     from msds.backbone import build_features
 
     state = {f"features.{k}": torch.rand(v.shape) for k, v in build_features().state_dict().items()}
@@ -153,3 +155,90 @@ def test_one_reference_against_a_folder(tmp_path, pair):
     assert [Path(e["dist"]).name for e in entries] == ["d0.png", "d1.png", "d2.png"]
     single = run("score", str(ref), str(folder / "d1.png"), "--levels", "2", "--weights", "random", "--json")
     assert json.loads(single.stdout)["pairs"][0]["score"] == pytest.approx(entries[1]["score"], abs=1e-6)
+
+
+def read(path):
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(scope="module")
+def random_state():
+    return msds.MSDS(levels=1, weights=None).trunk.trunk_state_dict()
+
+
+def test_files_of_different_sizes_match_the_oracle(tmp_path, random_state):
+    ref = write_image(tmp_path / "ref.png", 0, size=(64, 44))
+    dist = write_image(tmp_path / "retargeted.png", 1, size=(40, 44), noise=0.05)
+    result = run("score", str(ref), str(dist), "--levels", "2", "--weights", "random", "--json")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)["pairs"][0]
+    expected = msds_level_scores(read(dist), read(ref), random_state, 2)[0]
+    np.testing.assert_allclose(entry["level_scores"], expected, rtol=0, atol=2e-6)
+
+
+def test_folders_of_mixed_sizes_pair_by_name(tmp_path, random_state):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "dist").mkdir()
+    sizes = {"a.png": ((48, 40), (32, 40)), "b.png": ((40, 40), (40, 56)), "c.png": ((33, 37), (70, 35))}
+    for i, (name, (ref_size, dist_size)) in enumerate(sizes.items()):
+        write_image(tmp_path / "ref" / name, i, size=ref_size)
+        write_image(tmp_path / "dist" / name, i + 10, size=dist_size, noise=0.1)
+    result = run("score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--levels", "1", "--weights", "random",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)["pairs"]
+    assert [Path(e["dist"]).name for e in entries] == list(sizes)
+    for entry in entries:
+        expected = msds_level_scores(read(entry["dist"]), read(entry["ref"]), random_state, 1)[0, 0]
+        assert entry["score"] == pytest.approx(expected, abs=2e-6)
+
+
+def write_mask(path, seed, size):
+    rng = np.random.default_rng(seed)
+    values = (rng.random((size[1], size[0])) > 0.4) * rng.integers(1, 256, (size[1], size[0]))  # nonzero = salient
+    Image.fromarray(values.astype(np.uint8)).save(path)
+    return path
+
+
+def test_saliency_calibrated_deepssim_matches_the_oracle(tmp_path, random_state):
+    ref = write_image(tmp_path / "ref.png", 0, size=(64, 44))
+    dist = write_image(tmp_path / "dist.png", 1, size=(40, 44), noise=0.05)
+    ref_mask, dist_mask = write_mask(tmp_path / "ref_mask.png", 2, (64, 44)), write_mask(tmp_path / "dm.png", 3, (40, 44))
+    result = run("score", str(ref), str(dist), "--saliency", str(ref_mask), str(dist_mask), "--weights", "random",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metric"] == "deepssim" and report["saliency"]
+
+    def binary(path):
+        return torch.from_numpy(np.asarray(Image.open(path)) != 0).double()[None, None]
+
+    expected = deepssim_head(trunk_np(read(dist), random_state, binary(dist_mask)),
+                             trunk_np(read(ref), random_state, binary(ref_mask)))[0]
+    assert report["pairs"][0]["score"] == pytest.approx(expected, abs=2e-6)
+    plain = deepssim_head(trunk_np(read(dist), random_state), trunk_np(read(ref), random_state))[0]
+    assert abs(plain - expected) > 1e-4  # the masks made a difference
+    table = run("score", str(ref), str(dist), "--metric", "deepssim", "--weights", "random")
+    assert table.returncode == 0 and "DeepSSIM" in table.stdout and f"{plain:.6f}" in table.stdout
+    lite = run("score", str(ref), str(dist), "--metric", "lite", "--weights", "random", "--json")
+    expected_lite = lite_head(trunk_np(read(dist), random_state), trunk_np(read(ref), random_state))[0]
+    assert json.loads(lite.stdout)["pairs"][0]["score"] == pytest.approx(expected_lite, abs=2e-6)
+
+
+@pytest.mark.parametrize("problem,expected", [
+    ("mask of the other size", "dm.png: expected a mask the size of"),
+    ("missing mask", "absent.png: no such file"),
+    ("saliency with msds", "--saliency: applies to --metric deepssim"),
+])
+def test_saliency_problems_give_one_line(problem, expected, tmp_path):
+    ref = write_image(tmp_path / "ref.png", 0, size=(64, 44))
+    dist = write_image(tmp_path / "dist.png", 1, size=(40, 44))
+    ref_mask = write_mask(tmp_path / "ref_mask.png", 2, (64, 44))
+    dist_mask = write_mask(tmp_path / "dm.png", 3, (64, 44) if problem == "mask of the other size" else (40, 44))
+    if problem == "missing mask":
+        dist_mask = tmp_path / "absent.png"
+    extra = ["--metric", "msds"] if problem == "saliency with msds" else []
+    result = run("score", str(ref), str(dist), "--saliency", str(ref_mask), str(dist_mask), "--weights", "random",
+                 *extra)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr

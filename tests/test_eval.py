@@ -24,7 +24,12 @@ from msds import demo
 STRENGTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
 
 
-def write_dataset(folder, references=6, size=48, strengths=STRENGTHS):
+# Width and height changes of each distortion in a retargeted dataset: the
+# same size as the reference, wider, narrower and taller, and so on.
+RETARGET = ((0, 0), (16, 0), (-8, 8), (0, 0), (24, -8))
+
+
+def write_dataset(folder, references=6, size=48, strengths=STRENGTHS, retarget=False):
     rows = []
     rng = np.random.default_rng(7)
     for r in range(references):
@@ -32,7 +37,11 @@ def write_dataset(folder, references=6, size=48, strengths=STRENGTHS):
         Image.fromarray((reference * 255).round().astype(np.uint8)).save(folder / f"ref{r}.png")
         for k, sigma in enumerate(strengths):
             noisy = np.clip(reference + rng.normal(0, sigma, reference.shape), 0, 1)
-            Image.fromarray((noisy * 255).round().astype(np.uint8)).save(folder / f"ref{r}_d{k}.png")
+            image = Image.fromarray((noisy * 255).round().astype(np.uint8))
+            if retarget:
+                grow_w, grow_h = RETARGET[k % len(RETARGET)]
+                image = image.resize((size + grow_w, size + grow_h), Image.BILINEAR)
+            image.save(folder / f"ref{r}_d{k}.png")
             rows.append((f"ref{r}.png", f"ref{r}_d{k}.png", f"{90 - 15 * k + rng.normal(0, 3):.3f}"))
     csv_path = folder / "data.csv"
     with open(csv_path, "w", newline="") as handle:
@@ -96,13 +105,12 @@ def test_eval_writes_every_pair_and_correct_correlations(tmp_path):
     assert report["rmse"] == pytest.approx(rmse, rel=2e-2)
     # Scores agree with a direct call of the metric.
     model = msds.MSDS(levels=2, weights=None)
-    y = torch.from_numpy(np.asarray(Image.open(tmp_path / "ref0.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    x = torch.from_numpy(np.asarray(Image.open(tmp_path / "ref0_d3.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    y, x = load(tmp_path / "ref0.png"), load(tmp_path / "ref0_d3.png")
     assert float(written[3]["score"]) == pytest.approx(model(x, y).item(), abs=1e-6)
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
-    write_dataset(tmp_path, references=8, size=64)
+    write_dataset(tmp_path, references=8, size=64, retarget=True)
     whole = tmp_path / "whole.csv"
     assert run(msds_command(*eval_args(tmp_path, whole))).returncode == 0
     out = tmp_path / "out.csv"
@@ -158,8 +166,29 @@ def test_bad_csv_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def load(path):
+    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def test_distorted_images_of_other_sizes_than_their_reference(tmp_path):
+    _, rows = write_dataset(tmp_path, references=2, retarget=True)
+    out = tmp_path / "out.csv"
+    result = run(msds_command(*eval_args(tmp_path, out, "--json")))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["scored"] == len(rows)
+    written = read_rows(out)
+    assert [(r["ref"], r["dist"], r["mos"]) for r in written] == rows
+    model = msds.MSDS(levels=2, weights=None)
+    sizes = set()
+    for row in written:
+        x, y = load(tmp_path / row["dist"]), load(tmp_path / row["ref"])
+        sizes.add(tuple(x.shape))
+        assert float(row["score"]) == pytest.approx(model(x, y).item(), abs=1e-6)
+    assert len(sizes) == 4  # the batches really mixed sizes
+
+
 def test_two_processes_write_the_same_file_as_one(tmp_path):
-    write_dataset(tmp_path, references=5)
+    write_dataset(tmp_path, references=5, retarget=True)
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     assert run(msds_command(*eval_args(tmp_path, one))).returncode == 0
     result = run(msds_command(*eval_args(tmp_path, two), torchrun=True))

@@ -5,15 +5,8 @@ import pytest
 import torch
 
 import msds
+from helpers import images
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
-
-
-def images(shape, generator, dtype=torch.float64):
-    """Smooth-ish random images in [0, 1]: a blurred field plus fine noise."""
-    coarse = torch.rand(shape[0], 3, shape[2] // 4 + 1, shape[3] // 4 + 1, generator=generator, dtype=torch.float64)
-    field = torch.nn.functional.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
-    noise = torch.rand(shape, generator=generator, dtype=torch.float64)
-    return (0.8 * field + 0.2 * noise).clamp(0, 1).to(dtype)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +147,7 @@ def test_precomputed_reference_gives_the_same_scores(metric64, rng):
     expected = metric64.level_scores(x, y.expand(3, -1, -1, -1))
     torch.testing.assert_close(metric64.level_scores(x, ref), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="precomputed reference"):
-        metric64.level_scores(images((1, 3, 64, 80), rng), ref)
+        metric64.level_scores(x, metric64.precompute(images((2, 3, 64, 64), rng)))
 
 
 def test_gradcheck_through_the_module_float64(rng):
