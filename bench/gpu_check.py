@@ -77,7 +77,7 @@ def run_tests(smoke: bool) -> dict:
     files = ["tests/test_triton_forward.py", "tests/test_triton_backward.py", "tests/test_reference_head.py"]
     selection = ["-k", "float64_matches_oracle and B1-C4"] if smoke else []
     started = time.time()
-    result = run_pytest([*files, *selection], smoke, timeout=240)
+    result = run_pytest([*files, *selection], smoke, timeout=180)
     lines = result.stdout.strip().splitlines()
     summary = lines[-1] if lines else result.stderr.strip()[-500:]
     failures = [line for line in lines if line.startswith("FAILED")]
@@ -306,9 +306,9 @@ def main() -> int:
         raw.parent.mkdir(parents=True, exist_ok=True)
         sections += [
             ("bench_head", lambda: run_benchmarks("bench/bench_head.py", None, args.smoke,
-                                                  Path(f"{raw}.head.benchmarks.json"), timeout=150), print_head),
+                                                  Path(f"{raw}.head.benchmarks.json"), timeout=75), print_head),
             ("bench_end_to_end", lambda: run_benchmarks("bench/bench_end_to_end.py", END_TO_END_ROWS, args.smoke,
-                                                        Path(f"{raw}.end_to_end.benchmarks.json"), timeout=210),
+                                                        Path(f"{raw}.end_to_end.benchmarks.json"), timeout=105),
              print_end_to_end),
         ]
     failed = [name for name, measure, show in sections if not run_section(results, name, measure, show, args.out)]
