@@ -22,9 +22,15 @@ setup(
         "numpy",
         "scipy",
         "pillow",
+        "tqdm",  # progress bars of msds eval and msds score
         'triton>=3.6,<3.10; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    # matplotlib draws the benchmark plot (bench/plot.py), which the tests exercise.
-    extras_require={"test": ["pytest", "pytest-benchmark", "matplotlib"], "bench": ["matplotlib"]},
+    # torchmetrics: msds.torchmetrics; matplotlib: the plots (msds eval --plot, demo --save, bench.plot).
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "matplotlib", "torchmetrics"],
+        "torchmetrics": ["torchmetrics"],
+        "plot": ["matplotlib"],
+        "bench": ["matplotlib"],
+    },
     entry_points={"console_scripts": ["msds=msds.cli:main"]},
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -10,9 +11,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from msds import demo
+from msds import demo, plots
 from msds._checks import min_side
-from msds.evaluate import DatasetError, evaluate
+from msds.evaluate import DatasetError, evaluate, progress_bar
 from msds.fusion import FusionError, fit_fusion, read_level_scores, save_fusion
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
@@ -121,14 +122,24 @@ def run_score(args: argparse.Namespace) -> None:
     if metric == "msds":
         model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
         cache = ReferenceCache(model, args.device)
-        results = [(ref, dist, score_pair(model, cache, ref, dist, args.device)) for ref, dist in pairs]
+
+        def score(ref: Path, dist: Path, masks: None) -> torch.Tensor:
+            return score_pair(model, cache, ref, dist, args.device)
+
         header, levels = level_header(args.levels), args.levels
     else:
-        masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)
         model = build_deepssim(metric == "lite", weights_arg(args.weights), args.device)
-        results = [(ref, dist, score_deepssim_pair(model, ref, dist, mask, args.device))
-                   for (ref, dist), mask in zip(pairs, masks)]
+
+        def score(ref: Path, dist: Path, masks: Optional[Tuple[Path, Path]]) -> torch.Tensor:
+            return score_deepssim_pair(model, ref, dist, masks, args.device)
+
         header, levels = [METRIC_NAMES[metric]], None
+    masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)
+    results = []
+    with progress_bar(len(pairs), enabled=len(pairs) > 1 and not args.no_progress) as bar:
+        for (ref, dist), pair_masks in zip(pairs, masks):
+            results.append((ref, dist, score(ref, dist, pair_masks)))
+            bar.update(1)
     if args.json:
         report = {"metric": metric, "weights": weights_label(model, args.weights), "levels": levels,
                   "saliency": bool(args.saliency), "pairs": []}
@@ -165,6 +176,7 @@ def run_demo(args: argparse.Namespace) -> None:
     labels, distorted = demo.distortion_ladder(reference)
     y = torch.from_numpy(reference).permute(2, 0, 1).unsqueeze(0)
     if args.save:
+        plots.require_matplotlib()
         save_demo_images(Path(args.save), y[0], labels, distorted)
     with torch.no_grad():
         ref_features = model.precompute(y.to(args.device))
@@ -173,6 +185,9 @@ def run_demo(args: argparse.Namespace) -> None:
         )
         fused = model.fuse(scores.to(args.device)).cpu()
     table = torch.cat([scores, fused[:, None]], dim=1).double()
+    if args.save:
+        sheet = Path(args.save) / "contact_sheet.png"
+        plots.save_contact_sheet(sheet, y[0], labels, distorted, table, weights_label(model, args.weights))
     if args.json:
         rows = [
             {"distortion": name, "strength": strength, "level_scores": s[:-1].tolist(), "score": s[-1].item()}
@@ -202,6 +217,8 @@ def format_correlations(report: dict) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    if args.plot:
+        plots.require_matplotlib()  # before the long part, not after it
     model_args = {"levels": args.levels, "weights": weights_arg(args.weights), "fusion": args.fusion}
     try:
         report = evaluate(Path(args.csv), Path(args.root), Path(args.out), model_args, args.batch_size,
@@ -213,6 +230,9 @@ def run_eval(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if report is None:  # not rank 0
         return
+    if args.plot:
+        with open(args.out, newline="") as handle:
+            report["plot"] = str(plots.save_eval_plot(Path(args.plot), list(csv.DictReader(handle)), args.levels))
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -221,6 +241,8 @@ def run_eval(args: argparse.Namespace) -> None:
     print(f"scored {report['scored']} of {report['pairs']} pairs ({len(report['skipped'])} skipped); "
           f"per-pair results in {args.out}")
     print(format_correlations(report))
+    if args.plot:
+        print(f"plot: {report['plot']}")
 
 
 def run_fit(args: argparse.Namespace) -> None:
@@ -289,13 +311,15 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("--saliency", nargs=2, metavar=("REF_MASK", "DIST_MASK"),
                        help="saliency-calibrated DeepSSIM: binary mask images (nonzero = salient), each the size "
                             "of its own image; folders of masks named like the images for folders")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     model_options(score)
     score.set_defaults(run=run_score)
 
     demo_cmd = commands.add_parser("demo", help="score a generated image against a ladder of distortions")
     model_options(demo_cmd)
     demo_cmd.add_argument("--size", type=positive_int, default=256, help="reference image side (default 256)")
-    demo_cmd.add_argument("--save", metavar="DIR", help="also write the demo images as PNG files to DIR")
+    demo_cmd.add_argument("--save", metavar="DIR",
+                          help="also write the demo images and a contact sheet with their scores to DIR")
     demo_cmd.set_defaults(run=run_demo)
 
     evaluation = commands.add_parser("eval", help="score a dataset CSV (ref, dist, mos) and correlate with the MOS")
@@ -305,7 +329,9 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=positive_int, default=16, help="distorted images per batch")
     evaluation.add_argument("--skip-bad", action="store_true",
                             help="skip pairs with missing or unreadable images, reporting each, instead of stopping")
-    evaluation.add_argument("--no-progress", action="store_true", help="no progress report on stderr")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    evaluation.add_argument("--plot", metavar="FILE.png",
+                            help="also draw MOS against score (fitted logistic, SRCC and PLCC; a panel per level)")
     model_options(evaluation)
     evaluation.set_defaults(run=run_eval)
 
@@ -330,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, ImageError, WeightsError, DatasetError, FusionError) as err:
+    except (CommandError, ImageError, WeightsError, DatasetError, FusionError, plots.PlotError) as err:
         print(f"msds: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,7 @@ the usual five-parameter monotonic logistic mapping of image-quality work."""
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import numpy as np
 from scipy import optimize, stats
@@ -15,17 +15,19 @@ def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: flo
     return b1 * (0.5 - 1.0 / (1.0 + np.exp(np.clip(b2 * (x - b3), -60, 60)))) + b4 * x + b5
 
 
-def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
-    """Scores mapped onto the MOS scale, and which mapping was used.
+def fit_mapping(scores: np.ndarray, mos: np.ndarray) -> Tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The monotonic mapping of scores onto the MOS scale, and its name.
 
     The logistic is fitted on standardised scores (MSDS scores crowd near 1,
     which makes the raw fit ill-conditioned); it falls back to a straight
     line when there are fewer than 6 pairs or the fit does not converge.
+    The returned function maps any scores, so a plot can draw the curve.
     """
     spread = scores.std()
     if len(scores) < 6 or spread == 0:
         return _linear(scores, mos), "linear (too few pairs or constant scores for the logistic)"
-    z = (scores - scores.mean()) / spread
+    centre = scores.mean()
+    z = (scores - centre) / spread
     sign = 1.0 if stats.pearsonr(z, mos)[0] >= 0 else -1.0
     start = [sign * (mos.max() - mos.min()), 1.0, 0.0, 0.0, float(mos.mean())]
     try:
@@ -34,14 +36,20 @@ def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
             params, _ = optimize.curve_fit(logistic5, z, mos, p0=start, maxfev=20000)
     except (RuntimeError, ValueError):
         return _linear(scores, mos), "linear (the logistic fit did not converge)"
-    return logistic5(z, *params), "logistic5"
+    return (lambda values: logistic5((np.asarray(values, dtype=np.float64) - centre) / spread, *params)), "logistic5"
 
 
-def _linear(scores: np.ndarray, mos: np.ndarray) -> np.ndarray:
+def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
+    """Scores mapped onto the MOS scale (see fit_mapping), and which mapping was used."""
+    mapping, name = fit_mapping(scores, mos)
+    return mapping(scores), name
+
+
+def _linear(scores: np.ndarray, mos: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     if scores.std() == 0:
-        return np.full_like(mos, mos.mean())
+        return lambda values: np.full(np.shape(values), mos.mean())
     slope, intercept = np.polyfit(scores, mos, 1)
-    return slope * scores + intercept
+    return lambda values: slope * np.asarray(values, dtype=np.float64) + intercept
 
 
 def correlations(scores, mos) -> Dict[str, Union[float, int, str]]:

@@ -16,13 +16,13 @@ import csv
 import io
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from msds.correlation import correlations
 from msds.images import ImageError, load_image_for
@@ -124,32 +124,9 @@ def read_final(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[
     return done
 
 
-class Progress:
-    """A one-line progress report on stderr (a bar on a terminal, a line every 10% otherwise)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.started = time.time()
-        self.tty = sys.stderr.isatty()
-        self.last_decile = -1
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if not self.enabled or not self.total:
-            return
-        fraction = self.done / self.total
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            rate = self.done / max(time.time() - self.started, 1e-9)
-            sys.stderr.write(f"\r[{bar:30s}] {self.done}/{self.total} pairs ({rate:.1f}/s)")
-            sys.stderr.flush()
-        elif int(fraction * 10) > self.last_decile:
-            self.last_decile = int(fraction * 10)
-            print(f"{self.done}/{self.total} pairs scored", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+def progress_bar(total: int, enabled: bool, unit: str = "pair") -> tqdm:
+    """A tqdm bar on stderr with rate and ETA; silent when disabled or when stderr is not a terminal."""
+    return tqdm(total=total, unit=unit, disable=None if enabled else True, file=sys.stderr)
 
 
 def format_row(pair: Pair, fused: float, levels: Sequence[float]) -> List[str]:
@@ -225,7 +202,7 @@ def evaluate(csv_path: Path, root: Path, out: Path, model_args: dict, batch_size
     done = read_done(out, pairs, levels)
     mine = [unit for i, unit in enumerate(work_units(pairs)) if i % world == rank]
     pending = [unit for unit in mine if any(p.index not in done for p in unit)]
-    meter = Progress(sum(p.index not in done for u in pending for p in u), enabled=progress and rank == 0)
+    meter = progress_bar(sum(p.index not in done for u in pending for p in u), enabled=progress and rank == 0)
     outcome = Outcome()
     if pending and not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +213,7 @@ def evaluate(csv_path: Path, root: Path, out: Path, model_args: dict, batch_size
                     for batch in score_unit(model, unit, done, root, batch_size, device, skip_bad, outcome):
                         writer.writerows([[pair.index, *outcome.rows[pair.index]] for pair in batch])
                         part.flush()
-                        meter.advance(sum(pair.index not in done for pair in batch))
+                        meter.update(sum(pair.index not in done for pair in batch))
             except (ImageError, ValueError) as err:
                 outcome.error = str(err)
     meter.close()

@@ -242,3 +242,23 @@ def test_saliency_problems_give_one_line(problem, expected, tmp_path):
                  *extra)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+
+
+def test_demo_contact_sheet_is_written_and_decodes(tmp_path):
+    result = run("demo", "--levels", "2", "--size", "32", "--weights", "random", "--save", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        sheet.load()
+        assert sheet.format == "PNG" and sheet.size == (1150, 1020)  # 5 x 4 thumbnails at 100 dpi
+
+
+def test_plots_without_matplotlib_fail_in_one_line(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "matplotlib").mkdir()
+    (blocker / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    result = run("demo", "--levels", "1", "--size", "16", "--weights", "random", "--save", str(tmp_path / "d"), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == 'msds: error: plots need matplotlib: pip install "torch-msds[plot]" ' \
+                                    "(or pip install matplotlib)"

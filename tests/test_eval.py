@@ -235,3 +235,45 @@ def test_split_keeps_references_whole():
     train, test = split_by_reference(refs, 0.3, seed=3)
     assert not set(np.array(refs)[train]) & set(np.array(refs)[test])
     assert test.any() and train.any()
+
+
+def test_plot_of_mos_against_score(tmp_path):
+    _, rows = write_dataset(tmp_path, references=3)
+    out, png = tmp_path / "out.csv", tmp_path / "plots" / "mos.png"
+    result = run(msds_command(*eval_args(tmp_path, out, "--plot", str(png))))
+    assert result.returncode == 0, result.stderr
+    assert f"plot: {png}" in result.stdout
+    with Image.open(png) as image:
+        image.load()
+        assert image.format == "PNG" and image.size == (1260, 400)  # the fused score and 2 levels, 100 dpi
+
+
+def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    write_dataset(tmp_path, references=2)
+    args = [a for a in eval_args(tmp_path, tmp_path / "quiet.csv") if a != "--no-progress"]
+    quiet = run(msds_command(*args))
+    assert quiet.returncode == 0 and quiet.stderr == ""  # stderr is a pipe here: no bar
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    args = [a for a in eval_args(tmp_path, tmp_path / "tty.csv") if a != "--no-progress"]
+    process = subprocess.run(msds_command(*args), stdout=subprocess.DEVNULL, stderr=follower, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert process.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "10/10" in text and "pair/s" in text and "100%" in text, text
