@@ -1,11 +1,14 @@
-"""How the trunk runs: the fast path (the default on CUDA) or the plain configuration.
+"""How the trunk runs: the fast path (the default) or the plain configuration.
 
-Fast: both images share one trunk pass where their gradient needs match,
-images go in channels_last, cuDNN picks its algorithms by timing them
-(benchmark mode, scoped to the trunk call), the trunk may run under autocast
-in bf16 or fp16 (opt-in), and the head is the fused Triton kernel where it
-can run. Plain: fp32 NCHW trunk, each image in its own pass, the reference
-head; the baseline every benchmark compares against.
+Fast: both images share one trunk pass where their gradient needs match and
+their sizes agree, images go in channels_last, and the trunk may run under
+autocast in bf16 or fp16 (opt-in). On CUDA, cuDNN also picks its algorithms
+by timing them (benchmark mode, scoped to the trunk call) and the head is the
+fused Triton kernel where it can run; on the CPU the head is the reference
+and channels_last applies to float32 and 16-bit images (oneDNN's fast
+convolutions; float64 stays NCHW, which oneDNN does not take). Plain: NCHW
+trunk, each image in its own pass, the reference head; the baseline every
+benchmark compares against.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ def check_trunk_dtype(dtype: object) -> Optional[torch.dtype]:
 
 
 def is_fast(fast: Optional[bool], device: torch.device) -> bool:
-    """`fast`, or when it is None, whether the images are on a CUDA device."""
-    return device.type == "cuda" if fast is None else fast
+    """`fast`, or when it is None, whether the device has a fast path (CUDA and the CPU)."""
+    return device.type in ("cuda", "cpu") if fast is None else fast
 
 
 @contextmanager
@@ -44,4 +47,6 @@ def trunk_context(fast: bool, trunk_dtype: Optional[torch.dtype], device: torch.
 
 def trunk_input(images: torch.Tensor, fast: bool) -> torch.Tensor:
     """Images in the memory format the trunk should see."""
-    return images.contiguous(memory_format=torch.channels_last) if fast else images
+    if fast and (images.device.type != "cpu" or images.dtype != torch.float64):
+        return images.contiguous(memory_format=torch.channels_last)
+    return images

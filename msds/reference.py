@@ -48,17 +48,31 @@ def group_scores(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
     return (2 * cov + eps) / (var_a + var_b + eps)
 
 
-def to_tiles(g: torch.Tensor) -> torch.Tensor:
-    """(B, C, C) -> (B, C/4, C/4, 16): the entries of each 4x4 tile."""
+def upper_tiles(g: torch.Tensor) -> torch.Tensor:
+    """(B, C, C) -> (B, T, 16): the entries of each 4x4 tile (i, j) with i <= j.
+
+    T = n (n + 1) / 2 for n = C/4. The lower tiles are not needed: tile (j, i)
+    of a symmetric Gram matrix is the transpose of tile (i, j), and a tile's
+    mean, variance and covariance do not change under transposition.
+    """
     batch, channels = g.shape[:2]
     n = channels // TILE
-    return g.reshape(batch, n, TILE, n, TILE).transpose(2, 3).reshape(batch, n, n, TILE * TILE)
+    rows, cols = torch.triu_indices(n, n, device=g.device)
+    tiles = g.view(batch, n, TILE, n, TILE).transpose(2, 3)  # (B, n, n, 4, 4), a view
+    return tiles[:, rows, cols].reshape(batch, -1, TILE * TILE)
 
 
 def level_score(fx: torch.Tensor, fy: torch.Tensor, eps: float) -> torch.Tensor:
-    """DeepSSIM head for one level: mean tile score, (B, C, h, w) pair -> (B,)."""
-    tile_scores = group_scores(to_tiles(gram(fx)), to_tiles(gram(fy)), eps)
-    return tile_scores.mean((1, 2))
+    """DeepSSIM head for one level: mean tile score, (B, C, h, w) pair -> (B,).
+
+    The two maps may differ in h and w. The mean runs over all (C/4)^2
+    tiles; off-diagonal tiles stand for their mirror images too.
+    """
+    n = fx.shape[1] // TILE
+    scores = group_scores(upper_tiles(gram(fx)), upper_tiles(gram(fy)), eps)  # (B, T)
+    rows, cols = torch.triu_indices(n, n, device=scores.device)
+    weights = torch.where(rows == cols, 1.0, 2.0).to(scores.dtype)
+    return scores @ weights / (n * n)
 
 
 def lite_level_score(fx: torch.Tensor, fy: torch.Tensor, eps: float) -> torch.Tensor:

@@ -56,12 +56,32 @@ def test_plain_configuration_runs_each_image_alone(rng):
     assert len(calls) == 4
 
 
-def test_default_is_fast_on_cuda_only():
+def test_default_is_fast_on_cuda_and_the_cpu():
     model = msds.MSDS(levels=1, weights=None)
     assert model.fast is None
-    assert not model._is_fast(torch.zeros(1, device="cpu"))
+    assert model._is_fast(torch.zeros(1, device="cpu"))
     assert msds.fastpath.is_fast(None, torch.device("cuda"))
     assert not msds.fastpath.is_fast(False, torch.device("cuda"))
+    assert not msds.fastpath.is_fast(False, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("levels,shape", [(1, (3, 3, 48, 40)), (3, (2, 3, 64, 80))])
+def test_cpu_fast_path_is_within_1e_6_of_plain_in_float32(levels, shape, rng):
+    x, y = images(rng, shape=shape)
+    plain = msds.MSDS(levels=levels, weights=None, fast=False)
+    fast = msds.MSDS(levels=levels, weights=None)  # the default on CPU tensors
+    with torch.no_grad():
+        difference = (fast.level_scores(x, y) - plain.level_scores(x, y)).abs().max().item()
+    assert difference <= 1e-6, difference
+    # Loss gradients: the fast path's float32 error at most twice the plain one's, against float64.
+    grads = []
+    for fast, dtype in ((True, torch.float32), (False, torch.float32), (False, torch.float64)):
+        loss = msds.MSDS(levels=levels, weights=None, as_loss=True, fast=fast).to(dtype)
+        pred = x.detach().clone().to(dtype).requires_grad_()
+        loss(pred, y.to(dtype)).backward()
+        grads.append(pred.grad.double())
+    fast_error, plain_error = ((g - grads[2]).abs().max().item() for g in grads[:2])
+    assert fast_error <= 2 * plain_error + 1e-9 * grads[2].abs().max().item(), (fast_error, plain_error)
 
 
 def test_fast_loss_gradients_match_the_plain_ones(rng):

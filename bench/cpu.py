@@ -1,0 +1,187 @@
+"""CPU workloads, each with its baseline and the project's variant, timed in turns.
+
+`python -m bench.cpu --out bench/results/cpu-<machine>.json` times every
+workload's variants alternately (A B, then B A, ...), several repetitions of
+a few calls each, and reports each variant's median, its spread (min and
+max of the repetition medians) and the speedup over the baseline measured in
+the same run, with the machine's fp32 matrix-product rate and the trunk's
+achieved GFLOP/s. bench/bench_cpu.py times the same callables as
+pytest-benchmark rows, for regression tracking.
+
+Baselines: the plain configuration (NCHW trunk, one pass per image); the
+"official" formulation of DeepSSIM (each image through the NCHW trunk, then
+the head written as the official code writes it: Gram matrices, unfold into
+4x4 tiles, statistics over every tile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+import msds
+from bench.common import pyramid_gflops, relu_like, trunk_gflops
+
+Variant = Callable[[], object]
+
+
+def unfold_head(fx: torch.Tensor, fy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The obvious DeepSSIM head, as the official code writes it: (B,) scores."""
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        flat = f.flatten(2)
+        return torch.bmm(flat, flat.transpose(1, 2))
+
+    tx = F.unfold(gram(fx).unsqueeze(1), kernel_size=4, stride=4)  # (B, 16, tiles)
+    ty = F.unfold(gram(fy).unsqueeze(1), kernel_size=4, stride=4)
+    mx, my = tx.mean(1, keepdim=True), ty.mean(1, keepdim=True)
+    vx = ((tx - mx) ** 2).mean(1)
+    vy = ((ty - my) ** 2).mean(1)
+    cov = ((tx - mx) * (ty - my)).mean(1)
+    return ((2 * cov + eps) / (vx + vy + eps)).mean(1)
+
+
+def matmul_gflops(size: int = 2048, calls: int = 5) -> float:
+    """This machine's fp32 matrix-product rate (size^3 products), GFLOP/s, best of `calls`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(calls))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn: Variant) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def images(batch: int, size: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.rand(batch, 3, size, size, generator=generator)
+    x = (y + 0.1 * torch.rand(y.shape, generator=generator)).clamp(0, 1)
+    return x, y
+
+
+def workloads(small: bool = False) -> Dict[str, dict]:
+    """key -> {"label", "variants": {name: callable}, "baseline": name, "gflop": trunk GFLOP per call}.
+
+    small: tiny shapes, for a smoke run of the code.
+    """
+    batch, size, levels = (1, 64, 3) if small else (4, 256, 3)
+    head_batch, head_side = (2, 4) if small else (64, 16)
+    x, y = images(batch, size)
+    trunk = msds.VGG16Trunk(weights=None)
+    official = msds.DeepSSIM(weights=None, fast=False)
+    deepssim = msds.DeepSSIM(weights=None)  # the default: the fast path on CPU tensors
+    plain, fast = msds.MSDS(levels, weights=None, fast=False), msds.MSDS(levels, weights=None)
+    loss_plain = msds.MSDS(levels, weights=None, as_loss=True, fast=False)
+    loss_fast = msds.MSDS(levels, weights=None, as_loss=True)
+    generator = torch.Generator().manual_seed(1)
+    fx = relu_like((head_batch, 512, head_side, head_side), torch.float32, torch.device("cpu"), generator)
+    fy = relu_like((head_batch, 512, head_side, head_side), torch.float32, torch.device("cpu"), generator)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def official_deepssim() -> torch.Tensor:
+        return unfold_head(official.trunk(x), official.trunk(y))
+
+    def loss_step(loss_fn: msds.MSDS) -> Variant:
+        def step() -> None:
+            prediction = x.clone().requires_grad_()
+            loss_fn(prediction, y).backward()
+        return step
+
+    one_trunk = batch * trunk_gflops(size, size)
+    return {
+        "trunk": {
+            "label": f"trunk B{batch} {size}px", "baseline": "nchw", "gflop": one_trunk,
+            "variants": {"nchw": torch.no_grad()(lambda: trunk(x)),
+                         "channels_last": torch.no_grad()(lambda: trunk(x_last))}},
+        "head": {
+            "label": f"head B{head_batch} C512 {head_side}x{head_side}", "baseline": "official unfold", "gflop": None,
+            "variants": {"official unfold": torch.no_grad()(lambda: unfold_head(fx, fy)),
+                         "msds": torch.no_grad()(lambda: msds.gram_ssim(fx, fy))}},
+        "deepssim": {
+            "label": f"deepssim B{batch} {size}px", "baseline": "official", "gflop": 2 * one_trunk,
+            "variants": {"official": official_deepssim, "msds": torch.no_grad()(lambda: deepssim(x, y))}},
+        "metric": {
+            "label": f"msds metric B{batch} {size}px L{levels}", "baseline": "plain", "gflop": 2 * batch * pyramid_gflops(size, levels),
+            "variants": {"plain": torch.no_grad()(lambda: plain(x, y)),
+                         "fast": torch.no_grad()(lambda: fast(x, y))}},
+        "loss-step": {
+            "label": f"loss step B{batch} {size}px L{levels}", "baseline": "plain", "gflop": 3 * batch * pyramid_gflops(size, levels),
+            "variants": {"plain": loss_step(loss_plain), "fast": loss_step(loss_fast)}},
+    }
+
+
+def time_in_turns(variants: Dict[str, Variant], repetitions: int, calls: int) -> Dict[str, List[float]]:
+    """Per variant, the median seconds of `calls` calls in each repetition; the
+    variants alternate, in reversed order every other repetition (A B, B A, ...)."""
+    names = list(variants)
+    for name in names:  # warm up each once
+        variants[name]()
+    medians: Dict[str, List[float]] = {name: [] for name in names}
+    for repetition in range(repetitions):
+        for name in names if repetition % 2 == 0 else reversed(names):
+            medians[name].append(statistics.median(_seconds(variants[name]) for _ in range(calls)))
+    return medians
+
+
+def machine_name() -> str:
+    """cores, processor and torch version, for the results file's name."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    slug = "".join(c if c.isalnum() else "-" for c in cpu).strip("-").lower()
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"cpu-{os.cpu_count()}c-{slug}-torch{torch.__version__.split('+')[0]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Time the CPU workloads in turns against their baselines.")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--repetitions", type=int, default=4)
+    parser.add_argument("--calls", type=int, default=2, help="calls per repetition (their median counts)")
+    parser.add_argument("--small", action="store_true", help="tiny shapes: check the script only")
+    args = parser.parse_args()
+    rate = matmul_gflops(512 if args.small else 2048)
+    report = {"machine": machine_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "matmul_gflops": rate, "repetitions": args.repetitions, "calls": args.calls, "workloads": {}}
+    print(f"{report['machine']}: {report['threads']} threads, fp32 matmul {rate:.0f} GFLOP/s")
+    for workload in workloads(args.small).values():
+        name = workload["label"]
+        medians = time_in_turns(workload["variants"], args.repetitions, args.calls)
+        base = statistics.median(medians[workload["baseline"]])
+        rows = {}
+        for variant, values in medians.items():
+            median = statistics.median(values)
+            row = {"median_s": median, "min_s": min(values), "max_s": max(values), "speedup": base / median}
+            if workload["gflop"]:
+                row["gflops"] = workload["gflop"] / median
+                row["fraction_of_matmul"] = row["gflops"] / rate
+            rows[variant] = row
+            extra = f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul)" if "gflops" in row else ""
+            print(f"{name:28s} {variant:16s} {median * 1e3:9.1f} ms  [{min(values) * 1e3:.1f}, "
+                  f"{max(values) * 1e3:.1f}]  x{base / median:.2f}{extra}", flush=True)
+        report["workloads"][name] = {"baseline": workload["baseline"], "gflop": workload["gflop"], "variants": rows}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
