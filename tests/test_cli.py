@@ -129,7 +129,8 @@ def test_demo_json_and_saved_images(tmp_path):
     rows = json.loads(result.stdout)["rows"]
     noise = [row["score"] for row in rows if row["distortion"] == "noise"]
     assert len(rows) == 16 and noise == sorted(noise, reverse=True)
-    assert (tmp_path / "reference.png").is_file() and len(list(tmp_path.glob("*.png"))) == 17
+    assert (tmp_path / "reference.png").is_file() and (tmp_path / "contact_sheet.png").is_file()
+    assert len(list(tmp_path.glob("*.png"))) == 18  # the reference, 16 distortions, the contact sheet
 
 
 def test_trim_weights_command(tmp_path):
