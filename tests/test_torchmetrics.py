@@ -87,20 +87,26 @@ def test_metric_collection_and_clone(rng):
 
 
 def test_two_processes_sync_to_the_single_process_value(tmp_path):
-    out = tmp_path / "synced.pt"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(HERE / "metric_sync.py"), str(out)],
-                         env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    synced = torch.load(out)
-    assert synced["world"] == 2
+    # Both runs score in child processes with the same thread count, so the
+    # batches' float32 scores are the same and only the split differs.
+    values = {}
+    for processes in (1, 2):
+        out = tmp_path / f"synced{processes}.pt"
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={processes}", str(HERE / "metric_sync.py"), str(out)],
+                             env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        synced = torch.load(out)
+        assert synced["world"] == processes
+        values[processes] = synced["value"]
+    torch.testing.assert_close(values[2], values[1], rtol=0, atol=1e-12)
+    # And the value is the mean score over every batch, computed here directly.
     sys.path.insert(0, str(HERE))
     import metric_sync
 
-    single = MSDSMetric(levels=2, weights=None)
-    for preds, target in metric_sync.batches():
-        single.update(preds, target)
-    torch.testing.assert_close(synced["value"], single.compute(), rtol=0, atol=1e-12)
+    module = msds.MSDS(levels=2, weights=None)
+    scores = torch.cat([module(preds, target) for preds, target in metric_sync.batches()]).double()
+    torch.testing.assert_close(values[1], scores.mean(), rtol=0, atol=1e-6)
 
 
 def test_a_clear_message_without_torchmetrics(monkeypatch):
