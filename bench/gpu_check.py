@@ -181,8 +181,9 @@ def run_benchmarks(file: str, selection: Optional[str], smoke: bool, json_path: 
         ["--benchmark-max-time=0.2", "--benchmark-min-rounds=3"]
     json_path.unlink(missing_ok=True)
     result = run_pytest(arguments, smoke, timeout)
-    if result.returncode != 0 or not json_path.exists():
+    if not json_path.exists():  # nothing measured (a timeout, or pytest failed to start)
         raise RuntimeError(f"pytest exited with {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    failures = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
     groups: dict = {}
     for bench in json.loads(json_path.read_text())["benchmarks"]:
         info = bench["extra_info"]
@@ -196,7 +197,9 @@ def run_benchmarks(file: str, selection: Optional[str], smoke: bool, json_path: 
     for fast, base in (("triton", "reference"), ("fast-fp32", "plain"), ("fast-bf16", "plain"),
                        ("precomputed", "each-reference")):
         compare(groups, fast, base)
-    return {"file": file, "json": str(json_path), "groups": groups}
+    # Rows that ran are kept even when others failed; the failures make the section fail.
+    return {"file": file, "json": str(json_path), "groups": groups, "returncode": result.returncode,
+            "failures": failures}
 
 
 def compare(groups: dict, fast: str, base: str) -> None:
@@ -235,11 +238,20 @@ def print_fast_path(agreement: dict) -> None:
 def print_head(bench: dict) -> None:
     print("head benchmarks (median ms; speedup and peak extra memory vs the reference, same run)")
     print_groups(bench["groups"], "reference")
+    print_failures(bench)
 
 
 def print_end_to_end(bench: dict) -> None:
     print("end to end (median ms; speedup and peak memory vs plain, same run; trunk TFLOP/s)")
     print_groups(bench["groups"], None)
+    print_failures(bench)
+
+
+def print_failures(bench: dict) -> None:
+    if bench["returncode"] != 0:
+        print(f"   pytest exited with {bench['returncode']}")
+    for line in bench["failures"]:
+        print("   ", line)
 
 
 def print_groups(groups: dict, base: Optional[str]) -> None:
