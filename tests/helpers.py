@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 
 def relu_features(shape, generator, dtype=torch.float64) -> torch.Tensor:
@@ -18,6 +20,18 @@ def images(shape, generator, dtype=torch.float64) -> torch.Tensor:
     field = torch.nn.functional.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
     noise = torch.rand(shape, generator=generator, dtype=torch.float64)
     return (0.8 * field + 0.2 * noise).clamp(0, 1).to(dtype)
+
+
+def read_rgb(path, dtype=torch.float64) -> torch.Tensor:
+    """An image file as (1, 3, H, W) in [0, 1], read here with PIL and NumPy (not msds.images)."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dtype)
+
+
+def state_of(model) -> dict:
+    """The trunk weights of an msds module, for the oracle's conv chain."""
+    return model.trunk.trunk_state_dict()
 
 
 ROOT = Path(__file__).resolve().parent.parent

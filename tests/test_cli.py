@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import msds
+from helpers import read_rgb
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
 
@@ -158,10 +159,6 @@ def test_one_reference_against_a_folder(tmp_path, pair):
     assert json.loads(single.stdout)["pairs"][0]["score"] == pytest.approx(entries[1]["score"], abs=1e-6)
 
 
-def read(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255).permute(2, 0, 1)[None]
-
-
 @pytest.fixture(scope="module")
 def random_state():
     return msds.MSDS(levels=1, weights=None).trunk.trunk_state_dict()
@@ -173,7 +170,7 @@ def test_files_of_different_sizes_match_the_oracle(tmp_path, random_state):
     result = run("score", str(ref), str(dist), "--levels", "2", "--weights", "random", "--json")
     assert result.returncode == 0, result.stderr
     entry = json.loads(result.stdout)["pairs"][0]
-    expected = msds_level_scores(read(dist), read(ref), random_state, 2)[0]
+    expected = msds_level_scores(read_rgb(dist), read_rgb(ref), random_state, 2)[0]
     np.testing.assert_allclose(entry["level_scores"], expected, rtol=0, atol=2e-6)
 
 
@@ -190,7 +187,7 @@ def test_folders_of_mixed_sizes_pair_by_name(tmp_path, random_state):
     entries = json.loads(result.stdout)["pairs"]
     assert [Path(e["dist"]).name for e in entries] == list(sizes)
     for entry in entries:
-        expected = msds_level_scores(read(entry["dist"]), read(entry["ref"]), random_state, 1)[0, 0]
+        expected = msds_level_scores(read_rgb(entry["dist"]), read_rgb(entry["ref"]), random_state, 1)[0, 0]
         assert entry["score"] == pytest.approx(expected, abs=2e-6)
 
 
@@ -214,15 +211,15 @@ def test_saliency_calibrated_deepssim_matches_the_oracle(tmp_path, random_state)
     def binary(path):
         return torch.from_numpy(np.asarray(Image.open(path)) != 0).double()[None, None]
 
-    expected = deepssim_head(trunk_np(read(dist), random_state, binary(dist_mask)),
-                             trunk_np(read(ref), random_state, binary(ref_mask)))[0]
+    expected = deepssim_head(trunk_np(read_rgb(dist), random_state, binary(dist_mask)),
+                             trunk_np(read_rgb(ref), random_state, binary(ref_mask)))[0]
     assert report["pairs"][0]["score"] == pytest.approx(expected, abs=2e-6)
-    plain = deepssim_head(trunk_np(read(dist), random_state), trunk_np(read(ref), random_state))[0]
+    plain = deepssim_head(trunk_np(read_rgb(dist), random_state), trunk_np(read_rgb(ref), random_state))[0]
     assert abs(plain - expected) > 1e-4  # the masks made a difference
     table = run("score", str(ref), str(dist), "--metric", "deepssim", "--weights", "random")
     assert table.returncode == 0 and "DeepSSIM" in table.stdout and f"{plain:.6f}" in table.stdout
     lite = run("score", str(ref), str(dist), "--metric", "lite", "--weights", "random", "--json")
-    expected_lite = lite_head(trunk_np(read(dist), random_state), trunk_np(read(ref), random_state))[0]
+    expected_lite = lite_head(trunk_np(read_rgb(dist), random_state), trunk_np(read_rgb(ref), random_state))[0]
     assert json.loads(lite.stdout)["pairs"][0]["score"] == pytest.approx(expected_lite, abs=2e-6)
 
 

@@ -11,13 +11,9 @@ import pytest
 import torch
 
 import msds
-from helpers import images, relu_features
+from helpers import images, relu_features, state_of
 from msds import reference
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
-
-
-def state_of(model):
-    return model.trunk.trunk_state_dict()
 
 
 def near(x, generator):

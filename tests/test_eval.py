@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import optimize, stats
 
 import msds
+from helpers import read_rgb
 from msds import demo
 
 STRENGTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
@@ -167,7 +168,7 @@ def test_bad_csv_is_one_clear_line(tmp_path):
 
 
 def load(path):
-    return torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return read_rgb(path, torch.float32)
 
 
 def test_distorted_images_of_other_sizes_than_their_reference(tmp_path):

@@ -5,17 +5,13 @@ import pytest
 import torch
 
 import msds
-from helpers import images
+from helpers import images, state_of
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
 
 @pytest.fixture(scope="module")
 def metric64():
     return msds.MSDS(levels=3, weights=None).double()
-
-
-def state_of(model):
-    return model.trunk.trunk_state_dict()
 
 
 # (levels, B, H, W): odd and non-square sizes, one level up to four.
