@@ -21,6 +21,7 @@ interpreter, to check the script itself.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,6 +77,8 @@ def run_pytest(arguments: list, smoke: bool, timeout: float) -> subprocess.Compl
 def run_tests(smoke: bool) -> dict:
     files = ["tests/test_triton_forward.py", "tests/test_triton_backward.py", "tests/test_reference_head.py"]
     selection = ["-k", "float64_matches_oracle and B1-C4"] if smoke else []
+    if not smoke and importlib.util.find_spec("xdist") is not None:
+        selection += ["-n", "8"]  # the tests are mostly kernel compilation, which is CPU-bound
     started = time.time()
     result = run_pytest([*files, *selection], smoke, timeout=180)
     lines = result.stdout.strip().splitlines()

@@ -372,7 +372,11 @@ def check_levels(levels: int) -> None:
 
 
 def gram_ssim_forward(
-    xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], eps: float, precision: str = "tf32x3"
+    xs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
+    eps: float,
+    precision: str = "tf32x3",
+    config: Optional[Config] = None,
 ) -> torch.Tensor:
     """Launch the forward kernel over every level at once.
 
@@ -381,6 +385,8 @@ def gram_ssim_forward(
             strides (maps whose positions are not contiguous are copied).
         eps: the tile score's constant c.
         precision: dot precision for float32 features (see PRECISIONS).
+        config: block sizes and launch settings instead of pick_config's
+            (bench/sweep.py times alternatives through this).
 
     Returns:
         (B, L) mean tile scores, float64 for float64 inputs, float32 otherwise.
@@ -389,7 +395,7 @@ def gram_ssim_forward(
     fx, fy = flat_levels(xs), flat_levels(ys)
     batch, channels = fx[0].shape[:2]
     levels = len(fx)
-    config = pick_config(channels, fx[0].dtype)
+    config = config or pick_config(channels, fx[0].dtype)
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
     pairs = block_pairs(channels, config.block_c, device)
@@ -416,13 +422,14 @@ def gram_ssim_backward(
     ys: Sequence[torch.Tensor],
     eps: float,
     precision: str = "tf32x3",
+    config: Optional[Config] = None,
 ) -> List[torch.Tensor]:
     """Gradient of the (B, L) scores with respect to every level of `xs`.
 
     Args:
         grad: (B, L) upstream gradient.
-        xs, ys, eps, precision: as for gram_ssim_forward. The score is
-            symmetric, so swapping xs and ys gives the gradient for ys.
+        xs, ys, eps, precision, config: as for gram_ssim_forward. The score
+            is symmetric, so swapping xs and ys gives the gradient for ys.
 
     Returns:
         Per-level gradients (B, C, h_l, w_l), contiguous, in float32
@@ -432,7 +439,7 @@ def gram_ssim_backward(
     fx, fy = flat_levels(xs), flat_levels(ys)
     batch, channels = fx[0].shape[:2]
     levels = len(fx)
-    config = pick_config(channels, fx[0].dtype, backward=True)
+    config = config or pick_config(channels, fx[0].dtype, backward=True)
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
     blocks = triton.cdiv(channels, config.block_c)

@@ -1,0 +1,341 @@
+"""Time a grid of kernel configurations in one call: `python -m bench.sweep`.
+
+For each head workload of the speed targets it prints the two floors (the
+FLOPs over the card's measured matrix rate, the bytes over its measured copy
+bandwidth), the reference head's median, and the median of every
+configuration (BLOCK_C, BLOCK_K, num_warps, num_stages), marking the one
+kernels.gram_ssim.pick_config chooses. Then the float32 precisions' speeds.
+The rule in pick_config is read off these tables; nothing is tuned at run
+time. Every configuration is compiled first in a pool of processes (they
+fill Triton's cache), so the grid costs seconds, not minutes.
+
+`--smoke` runs a tiny grid on the CPU under the Triton interpreter, to check
+the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+if __name__ == "__main__" and "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+
+import torch  # noqa: E402
+
+import msds  # noqa: E402
+from bench.common import CHANNELS, relu_like, synchronize  # noqa: E402
+from msds.kernels import gram_ssim as kernels  # noqa: E402
+from msds.kernels.gram_ssim import Config  # noqa: E402
+
+EPS = 1e-6
+LEVELS_256 = [(16, 16), (8, 8), (4, 4)]      # relu5_1 maps of a 3-level pyramid of 256 x 256 images
+LEVELS_1024 = [(64, 64), (32, 32), (16, 16)]  # the same for 1024 x 1024
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    batch: int
+    sizes: Tuple[Tuple[int, int], ...]
+    dtype: str          # "fp32" or "bf16"
+    backward: bool      # forward + backward of one input, else forward alone
+    precision: str = "tf32x3"
+
+
+WORKLOADS = [
+    Workload("forward B256 256px fp32", 256, tuple(LEVELS_256), "fp32", False),
+    Workload("forward B256 256px bf16", 256, tuple(LEVELS_256), "bf16", False),
+    Workload("forward B16 1024px fp32", 16, tuple(LEVELS_1024), "fp32", False),
+    Workload("forward+backward B256 256px fp32", 256, tuple(LEVELS_256), "fp32", True),
+    Workload("forward+backward B256 256px bf16", 256, tuple(LEVELS_256), "bf16", True),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def grid(workload: Workload) -> List[Config]:
+    """The configurations tried for one workload; each BLOCK_K list spans 64 to 256 bytes of a row."""
+    if workload.backward:
+        ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
+        return [Config(c, k, w, s) for c, k, w, s in itertools.product((32, 64), ks, (4, 8), (1, 2))]
+    ks = (16, 32, 64) if workload.dtype == "fp32" else (32, 64, 128)
+    return [Config(c, k, w, s) for c, k, w, s in itertools.product((32, 64), ks, (4, 8), (1, 2, 3))]
+
+
+def smoke_workloads() -> List[Workload]:
+    return [Workload("forward smoke", 2, ((3, 3), (2, 2)), "fp32", False),
+            Workload("forward+backward smoke", 2, ((3, 3), (2, 2)), "fp32", True)]
+
+
+def smoke_grid(workload: Workload) -> List[Config]:
+    return [Config(16, 16, 4, 1), Config(32, 16, 4, 2)]
+
+
+# --- inputs and the functions timed ---------------------------------------------------------------
+
+def features(workload: Workload, device: torch.device, channels: int, batch: Optional[int] = None):
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch or workload.batch, channels)
+    dtype = DTYPES[workload.dtype]
+    fxs = [relu_like((*shape, h, w), dtype, device, generator) for h, w in workload.sizes]
+    fys = [relu_like((*shape, h, w), dtype, device, generator) for h, w in workload.sizes]
+    return fxs, fys
+
+
+def kernel_call(workload: Workload, config: Optional[Config], fxs, fys, precision: Optional[str] = None):
+    """The fused head with one configuration: the forward kernel, and for a
+    backward workload the backward kernel too (the forward keeps the rule's
+    configuration then, so the table isolates the backward's)."""
+    precision = precision or workload.precision
+    if not workload.backward:
+        return lambda: kernels.gram_ssim_forward(fxs, fys, EPS, precision, config)
+    grad = torch.ones(fxs[0].shape[0], len(fxs), device=fxs[0].device)
+
+    def forward_backward():
+        kernels.gram_ssim_forward(fxs, fys, EPS, precision)
+        kernels.gram_ssim_backward(grad, fxs, fys, EPS, precision, config)
+
+    return forward_backward
+
+
+def reference_call(workload: Workload, fxs, fys):
+    if not workload.backward:
+        def forward():
+            with torch.no_grad():
+                msds.multiscale_gram_ssim(fxs, fys, backend="reference")
+        return forward
+    leaves = [f.detach().requires_grad_() for f in fxs]
+
+    def forward_backward():
+        scores = msds.multiscale_gram_ssim(leaves, fys, backend="reference")
+        torch.autograd.grad(scores.sum(), leaves)
+
+    return forward_backward
+
+
+def median_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[1]
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+# --- compiling every configuration in parallel ----------------------------------------------------
+
+def compile_one(workload: Workload, config: Config, channels: int, smoke: bool) -> Optional[str]:
+    """Run one configuration once on a one-image batch (same specialisation,
+    so the same compiled program); returns the error, if any."""
+    device = torch.device("cpu" if smoke else "cuda")
+    try:
+        fxs, fys = features(workload, device, channels, batch=1)
+        kernel_call(workload, config, fxs, fys)()
+        synchronize(device)
+        return None
+    except Exception as err:  # noqa: BLE001 - a configuration that cannot compile is a table entry
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+
+
+def compile_all(jobs: List[Tuple[Workload, Config]], channels: int, smoke: bool) -> Dict[Tuple[Workload, Config], str]:
+    """Compile in worker processes; returns the configurations that failed, with why."""
+    if smoke:
+        return {job: error for job in jobs if (error := compile_one(*job, channels, smoke))}
+    workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 2))
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {job: pool.submit(compile_one, *job, channels, smoke) for job in jobs}
+        return {job: error for job, future in futures.items() if (error := future.result())}
+
+
+# --- the card's ceilings and each workload's floors -----------------------------------------------
+
+def ceilings(device: torch.device) -> Dict[str, Optional[float]]:
+    """Measured copy bandwidth (bytes read + written) and dense matrix rates."""
+    if device.type != "cuda":
+        return {"copy_tb_s": None, "bf16_tflops": None, "tf32_tflops": None, "fp32_tflops": None}
+    source = torch.empty(2**29, dtype=torch.float32, device=device).uniform_()  # 2 GiB
+    target = torch.empty_like(source)
+    copy_ms = median_ms(lambda: target.copy_(source), device)
+    rates = {"copy_tb_s": 2 * source.numel() * 4 / copy_ms / 1e9}
+    del source, target
+    n = 8192
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True),
+                                  ("fp32", torch.float32, False)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            rates[f"{name}_tflops"] = 2 * n**3 / median_ms(lambda: a @ b, device) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return rates
+
+
+def floors(workload: Workload, channels: int, card: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+    """Milliseconds no implementation beats: arithmetic and memory traffic.
+
+    Arithmetic: the upper triangle of 4x4 tiles of both Gram matrices
+    (2 FLOP per entry per position), plus for the backward the product
+    dScore/dG @ F over the full C x C; at the bf16 rate for bf16 features,
+    else three TF32 products each (tf32x3), one (tf32) or the fp32 rate (ieee).
+    Memory: every feature map read once, and the gradient written once.
+    """
+    positions = sum(h * w for h, w in workload.sizes)
+    tiles = channels // kernels.TILE
+    triangle = tiles * (tiles + 1) // 2 * kernels.TILE**2
+    flops = workload.batch * 2 * (2 * triangle * positions)
+    itemsize = DTYPES[workload.dtype].itemsize
+    data = workload.batch * 2 * channels * positions * itemsize
+    if workload.backward:
+        flops *= 2  # the Gram blocks are formed again for the gradient
+        flops += workload.batch * 2 * channels**2 * positions
+        data += workload.batch * channels * positions * 4
+    if workload.dtype == "bf16":
+        rate = card["bf16_tflops"]
+    else:
+        rate = {"ieee": card["fp32_tflops"], "tf32": card["tf32_tflops"],
+                "tf32x3": card["tf32_tflops"] and card["tf32_tflops"] / 3}[workload.precision]
+    return {
+        "gflop": flops / 1e9,
+        "gbytes": data / 1e9,
+        "arithmetic_ms": flops / rate / 1e9 if rate else None,
+        "memory_ms": data / card["copy_tb_s"] / 1e9 if card["copy_tb_s"] else None,
+    }
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+def sweep(workloads: List[Workload], grids: Dict[Workload, List[Config]], device: torch.device,
+          channels: int, card: Dict[str, Optional[float]], failed: Dict) -> List[dict]:
+    results = []
+    for workload in workloads:
+        fxs, fys = features(workload, device, channels)
+        rule = kernels.pick_config(channels, DTYPES[workload.dtype], backward=workload.backward)
+        reference_ms = median_ms(reference_call(workload, fxs, fys), device)
+        rows = []
+        for config in grids[workload]:
+            if (workload, config) in failed:
+                rows.append({"config": asdict(config), "error": failed[workload, config]})
+                continue
+            call = kernel_call(workload, config, fxs, fys)
+            rows.append({"config": asdict(config), "median_ms": median_ms(call, device)})
+        rule_call = kernel_call(workload, None, fxs, fys)
+        result = {
+            "workload": asdict(workload),
+            "floors": floors(workload, channels, card),
+            "reference_ms": reference_ms,
+            "reference_peak_extra_bytes": peak_extra_bytes(reference_call(workload, fxs, fys), device),
+            "rule": asdict(rule),
+            "rule_ms": median_ms(rule_call, device),
+            "rule_peak_extra_bytes": peak_extra_bytes(rule_call, device),
+            "configs": rows,
+        }
+        print_workload(result)
+        results.append(result)
+        del fxs, fys
+    return results
+
+
+def precision_speeds(device: torch.device, channels: int, smoke: bool) -> List[dict]:
+    """The rule's configuration under each float32 dot precision."""
+    rows = []
+    for base in (smoke_workloads() if smoke else [WORKLOADS[0], WORKLOADS[3]]):
+        fxs, fys = features(base, device, channels)
+        for precision in kernels.PRECISIONS:
+            rows.append({"workload": base.name, "precision": precision,
+                         "median_ms": median_ms(kernel_call(base, None, fxs, fys, precision), device)})
+    return rows
+
+
+def describe(config: dict) -> str:
+    return f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']}"
+
+
+def print_workload(result: dict) -> None:
+    floor = result["floors"]
+    shown = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"\n{result['workload']['name']}: {floor['gflop']:.1f} GFLOP, {floor['gbytes']:.3f} GB; floors "
+          f"arithmetic {shown(floor['arithmetic_ms'])} ms, memory {shown(floor['memory_ms'])} ms; "
+          f"reference {result['reference_ms']:.3f} ms")
+    timed = sorted((row for row in result["configs"] if "median_ms" in row), key=lambda row: row["median_ms"])
+    best = timed[0]["median_ms"] if timed else None
+    for row in timed:
+        mark = "  <- rule" if row["config"] == result["rule"] else ""
+        print(f"   {describe(row['config'])}  {row['median_ms']:8.3f} ms  x{result['reference_ms'] / row['median_ms']:6.1f}"
+              f"  {row['median_ms'] / best:5.2f} of best{mark}")
+    for row in result["configs"]:
+        if "error" in row:
+            print(f"   {describe(row['config'])}  failed: {row['error']}")
+    print(f"   rule {describe(result['rule'])}: {result['rule_ms']:.3f} ms, "
+          f"x{result['reference_ms'] / result['rule_ms']:.1f} the reference")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU dry run with a tiny grid (interpreter)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--only", help="run the workloads whose name contains this text")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench.sweep needs a CUDA GPU; use --smoke for a CPU dry run", file=sys.stderr)
+        return 2
+    channels = 16 if args.smoke else CHANNELS
+    workloads = smoke_workloads() if args.smoke else WORKLOADS
+    workloads = [w for w in workloads if args.only is None or args.only in w.name]
+    grids = {w: (smoke_grid(w) if args.smoke else grid(w)) for w in workloads}
+    started = time.time()
+    card = ceilings(device)
+    print("card:", torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
+          "| " + ", ".join(f"{k} {v:.1f}" for k, v in card.items() if v is not None))
+    jobs = [(w, c) for w in workloads for c in grids[w]]
+    failed = compile_all(jobs, channels, args.smoke)
+    print(f"compiled {len(jobs)} configurations in {time.time() - started:.0f} s ({len(failed)} failed)")
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
+               "torch": torch.__version__, "triton": __import__("triton").__version__, "ceilings": card,
+               "workloads": sweep(workloads, grids, device, channels, card, failed)}
+    results["precisions"] = precision_speeds(device, channels, args.smoke)
+    print("\nfloat32 precisions (the rule's configuration):")
+    for row in results["precisions"]:
+        print(f"   {row['workload']:40s} {row['precision']:7s} {row['median_ms']:.3f} ms")
+    results["seconds"] = round(time.time() - started, 1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nsweep took {results['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
