@@ -80,9 +80,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Bytes allocated at peak by one call of fn beyond what was allocated before it."""
+    """Bytes allocated at peak by a call of fn beyond what was allocated before it.
+
+    fn runs once untimed first: the first call also compiles kernels and
+    lets cuDNN's benchmark mode try algorithms with large workspaces, a
+    one-off spike that says nothing of the memory a training loop holds.
+    """
     if device.type != "cuda":
         return None
+    fn()
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)

@@ -236,7 +236,8 @@ def sweep(workloads: List[Workload], grids: Dict[Workload, List[Config]], device
     results = []
     for workload in workloads:
         fxs, fys = features(workload, device, channels)
-        rule = kernels.pick_config(channels, DTYPES[workload.dtype], backward=workload.backward)
+        rule = kernels.pick_config(channels, DTYPES[workload.dtype], backward=workload.backward,
+                                   precision=workload.precision)
         reference_ms = median_ms(reference_call(workload, fxs, fys), device)
         rows = []
         for config in grids[workload]:
@@ -270,6 +271,22 @@ def precision_speeds(device: torch.device, channels: int, smoke: bool) -> List[d
         for precision in kernels.PRECISIONS:
             rows.append({"workload": base.name, "precision": precision,
                          "median_ms": median_ms(kernel_call(base, None, fxs, fys, precision), device)})
+    return rows
+
+
+def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
+    """The rule's forward on each level alone: where a multi-level launch spends
+    its time. Every level has the same number of programs and the same tile
+    statistics to reduce, so the levels with few positions show the cost that
+    does not scale with the positions (statistics, launch and setup)."""
+    rows = []
+    for base in (smoke_workloads()[:1] if smoke else WORKLOADS[:2]):
+        fxs, fys = features(base, device, channels)
+        for level, size in enumerate(base.sizes):
+            one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
+            call = kernel_call(one, None, fxs[level:level + 1], fys[level:level + 1])
+            rows.append({"workload": base.name, "level": level, "positions": size[0] * size[1],
+                         "median_ms": median_ms(call, device)})
     return rows
 
 
@@ -329,6 +346,11 @@ def main() -> int:
     print("\nfloat32 precisions (the rule's configuration):")
     for row in results["precisions"]:
         print(f"   {row['workload']:40s} {row['precision']:7s} {row['median_ms']:.3f} ms")
+    results["levels"] = level_split(device, channels, args.smoke)
+    print("\neach level alone (the rule's forward):")
+    for row in results["levels"]:
+        print(f"   {row['workload']:40s} level {row['level']} ({row['positions']:4d} positions) "
+              f"{row['median_ms']:.3f} ms")
     results["seconds"] = round(time.time() - started, 1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

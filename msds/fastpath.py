@@ -36,7 +36,9 @@ def is_fast(fast: Optional[bool], device: torch.device) -> bool:
 def trunk_context(fast: bool, trunk_dtype: Optional[torch.dtype], device: torch.device) -> Iterator[None]:
     """cuDNN benchmark mode and the trunk's autocast, for the fast path only."""
     with ExitStack() as stack:
-        if fast and device.type == "cuda":
+        # cudnn.flags cannot be traced by torch.compile, whose own kernels
+        # choose their convolution algorithms anyway.
+        if fast and device.type == "cuda" and not torch.compiler.is_compiling():
             cudnn = torch.backends.cudnn
             stack.enter_context(cudnn.flags(enabled=True, benchmark=True, deterministic=cudnn.deterministic,
                                             allow_tf32=cudnn.allow_tf32))

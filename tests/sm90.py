@@ -82,7 +82,7 @@ def _shared_constexprs(dtype, precision, channels, config) -> dict:
 
 
 def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
-    config = K.pick_config(channels, dtype)
+    config = K.pick_config(channels, dtype, precision=precision)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
@@ -94,7 +94,7 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
 
 
 def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
-    config = K.pick_config(channels, dtype, backward=True)
+    config = K.pick_config(channels, dtype, backward=True, precision=precision)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {

@@ -109,3 +109,15 @@ def test_precomputed_reference_on_the_fast_path(rng):
 def test_bad_fast_path_options(kwargs, error, message):
     with pytest.raises(error, match=message):
         msds.MSDS(levels=1, weights=None, **kwargs)
+
+
+def test_cuda_trunk_settings_trace_whole_under_torch_compile():
+    # On CUDA the fast path scopes cuDNN's benchmark mode to the trunk call;
+    # that context manager cannot be traced, so compiled code must skip it.
+    def trunk_step(images):
+        with msds.fastpath.trunk_context(True, None, torch.device("cuda")):
+            return images * 2
+
+    images = torch.rand(2, 3)
+    compiled = torch.compile(trunk_step, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(images), images * 2)

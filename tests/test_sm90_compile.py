@@ -1,4 +1,4 @@
-"""Every kernel configuration compiles for Hopper (sm_90), fits in shared memory and does not spill."""
+"""Every kernel configuration compiles for Hopper (sm_90) and fits in shared memory; the forward never spills, the backward at most a little."""
 
 import json
 import subprocess
@@ -35,8 +35,20 @@ def test_every_configuration_was_compiled(report):
     assert {row["block_c"] for row in report} == {16, 32, 64}
 
 
-def test_shared_memory_fits_and_nothing_spills(report):
+# The backward holds two Gram blocks, the gradient block and the tile
+# statistics at once. On an H100 (triton 3.6) its fastest configurations
+# spilled a little (48 bytes in float32) and still beat every spill-free one
+# by 1.3x or more (bench/results/h100-sweep.log), so a small stack is accepted
+# there; a large one would mean a layout gone wrong.
+BACKWARD_STACK_LIMIT = 128
+
+
+def test_shared_memory_fits_and_spills_stay_small(report):
     from sm90 import MAX_SHARED
 
-    problems = [row for row in report if row["stack"] > 0 or row["shared"] > MAX_SHARED]
-    assert not problems, problems
+    too_big = [row for row in report if row["shared"] > MAX_SHARED]
+    assert not too_big, too_big
+    forward_spills = [row for row in report if row["kernel"] == "forward" and row["stack"] > 0]
+    assert not forward_spills, forward_spills
+    backward_spills = [row for row in report if row["kernel"] == "backward" and row["stack"] > BACKWARD_STACK_LIMIT]
+    assert not backward_spills, backward_spills

@@ -67,11 +67,14 @@ def test_low_precision_within_twice_the_reference_error(batch, channels, sizes, 
 
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
 def test_every_precision_runs(precision, rng, device):
-    # The interpreter multiplies in exact fp32 whatever the precision; on a GPU
-    # the TF32 error is measured by bench/gpu_check.py.
+    # The interpreter multiplies in exact fp32 whatever the precision. On a GPU
+    # "tf32" rounds the operands to 11 significant bits: Gram entries carry a
+    # relative error near 1e-3, and scores of these tiny maps move by up to a
+    # few 1e-4 (bench/gpu_check.py measures it on realistic features).
     fxs, fys = features(2, 16, [(3, 3), (1, 2)], rng, device, torch.float32)
     got = msds.multiscale_gram_ssim(fxs, fys, backend="triton", precision=precision)
-    assert_within_reference_error(got, fxs, fys, 1e-6)
+    rounded = precision == "tf32" and device.type == "cuda"
+    assert_within_reference_error(got, fxs, fys, 2e-3 if rounded else 1e-6)
 
 
 def test_channels_last_sliced_and_broadcast_inputs(rng, device):
@@ -113,9 +116,14 @@ def test_too_many_levels_for_the_kernel(rng, device):
 
 def test_auto_picks_the_kernels_for_cuda_tensors_only():
     from msds import head
+    from msds.kernels import ops
 
     assert head.select_head("auto", torch.device("cpu")) is head._reference_head
-    assert head.select_head("triton", torch.device("cpu")) is not head._reference_head
+    if ops.INTERPRETED:
+        assert head.select_head("triton", torch.device("cpu")) is not head._reference_head
+    else:  # compiled kernels cannot take CPU tensors, and say how to run them there
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            head.select_head("triton", torch.device("cpu"))
     assert head.select_head("auto", torch.device("cuda")) is not head._reference_head
     assert head.select_head("auto", torch.device("cuda"), levels=7) is head._reference_head
 
