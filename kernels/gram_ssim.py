@@ -338,8 +338,10 @@ def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> 
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=64)
 def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tensor:
-    """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj."""
+    """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj (cached: this
+    runs on every launch, and listing the pairs costs host time)."""
     blocks = triton.cdiv(channels, block_c)
     pairs = tuple((i, j) for i in range(blocks) for j in range(i, blocks))
     return device_constant(pairs, torch.int32, device)
