@@ -1,4 +1,4 @@
-"""The one-command GPU check runs end to end (on the CPU, in its --smoke mode) and survives failures."""
+"""The one-command GPU check and the configuration sweep run end to end (on the CPU, in --smoke mode); the check survives failures."""
 
 import json
 import subprocess
@@ -47,3 +47,32 @@ def test_a_failing_section_is_reported_and_the_next_still_runs(gpu_check, tmp_pa
     assert saved["fast_path"]["value"] == 1.0
     assert len(shown) == 1 and shown[0]["value"] == 1.0  # only the section that worked is shown
     assert "FAILED: RuntimeError: dynamo says no" in capsys.readouterr().out
+
+
+def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
+    out = tmp_path / "sweep.json"
+    result = subprocess.run([sys.executable, "-m", "bench.sweep", "--smoke", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for workload in report["workloads"]:
+        assert all("median_ms" in row for row in workload["configs"]), workload["configs"]
+        assert workload["rule_ms"] > 0 and workload["reference_ms"] > 0
+    assert {row["precision"] for row in report["precisions"]} == {"ieee", "tf32x3", "tf32"}
+    assert [row["level"] for row in report["levels"]] == [0, 1]
+    assert "<- rule" in result.stdout  # the smoke grid holds the rule's configuration for 16 channels
+
+
+def test_sweep_floors_count_the_upper_triangle_and_every_byte():
+    sys.path.insert(0, str(ROOT))
+    from bench import sweep
+
+    card = {"copy_tb_s": 2.0, "bf16_tflops": 800.0, "tf32_tflops": 300.0, "fp32_tflops": 50.0}
+    workload = sweep.Workload("w", 2, ((4, 4),), "bf16", False)
+    floors = sweep.floors(workload, 8, card)
+    # C = 8: 2 x 2 tiles, 3 in the upper triangle, 16 entries each; 16 positions, 2 FLOP, 2 images, B = 2.
+    assert floors["gflop"] * 1e9 == pytest.approx(2 * 2 * (2 * 3 * 16 * 16))
+    assert floors["gbytes"] * 1e9 == pytest.approx(2 * 2 * 8 * 16 * 2)  # B, two images, C, positions, 2 bytes
+    assert floors["arithmetic_ms"] == pytest.approx(floors["gflop"] / 800.0)
+    tf32x3 = sweep.floors(sweep.Workload("w", 2, ((4, 4),), "fp32", False), 8, card)
+    assert tf32x3["arithmetic_ms"] == pytest.approx(tf32x3["gflop"] / 100.0)  # three TF32 products per dot
