@@ -98,6 +98,12 @@ class _DeepFeatureMetric(nn.Module):
         dtype = torch.float64 if images.dtype == torch.float64 else self._trunk_dtype()
         images = fastpath.trunk_input(images.to(dtype), fast)
         mask = None if mask is None else mask.to(dtype)
+        step = fastpath.images_per_pass(images, fast)
+        if step < images.shape[0]:
+            return torch.cat([
+                self._run_trunk(images[i : i + step], fast, None if mask is None else mask[i : i + step])
+                for i in range(0, images.shape[0], step)
+            ])
         with fastpath.trunk_context(fast, self.trunk_dtype, images.device):
             if dtype == self._trunk_dtype():
                 return self.trunk(images, mask)

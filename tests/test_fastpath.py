@@ -47,6 +47,28 @@ def test_fast_path_shares_one_trunk_pass_when_gradient_needs_match(rng):
     assert calls == [True, False, True, False]  # prediction with autograd, target without
 
 
+def test_cpu_fast_path_runs_the_trunk_a_few_images_at_a_time(rng, monkeypatch):
+    x, y = images(rng, shape=(3, 3, 64, 64))
+    fast = msds.MSDS(levels=2, weights=None)
+    with torch.no_grad():
+        whole = fast.level_scores(x, y)
+        monkeypatch.setattr(msds.fastpath, "CPU_PASS_PIXELS", 2 * 64 * 64)  # two 64 x 64 images a pass
+        calls = count_trunk_passes(fast)
+        chunked = fast.level_scores(x, y)
+    # Level 0: x and y share their pass, 6 images in passes of 2; level 1 (32 x 32): one pass of 6.
+    assert len(calls) == 3 + 1
+    assert (chunked - whole).abs().max().item() <= 1e-6
+    # Saliency masks follow their images into each pass.
+    mask_x = (torch.rand(3, 1, 64, 64, generator=rng) > 0.5).float()
+    mask_y = (torch.rand(3, 1, 64, 64, generator=rng) > 0.5).float()
+    deepssim = msds.DeepSSIM(weights=None)
+    with torch.no_grad():
+        chunked = deepssim(x, y, mask_x, mask_y)
+        monkeypatch.setattr(msds.fastpath, "CPU_PASS_PIXELS", 10**9)
+        whole = deepssim(x, y, mask_x, mask_y)
+    assert (chunked - whole).abs().max().item() <= 1e-6
+
+
 def test_plain_configuration_runs_each_image_alone(rng):
     x, y = images(rng)
     plain = msds.MSDS(levels=2, weights=None, fast=False)
