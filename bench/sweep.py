@@ -33,7 +33,7 @@ if __name__ == "__main__" and "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 import msds  # noqa: E402
-from bench.common import CHANNELS, relu_like, synchronize  # noqa: E402
+from bench.common import CHANNELS, peak_extra_memory, relu_like, synchronize  # noqa: E402
 from msds.kernels import gram_ssim as kernels  # noqa: E402
 from msds.kernels.gram_ssim import Config  # noqa: E402
 
@@ -135,17 +135,6 @@ def median_ms(fn: Callable[[], object], device: torch.device) -> float:
     return sorted(times)[1]
 
 
-def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    if device.type != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
 # --- compiling every configuration in parallel ----------------------------------------------------
 
 def compile_one(workload: Workload, config: Config, channels: int, smoke: bool) -> Optional[str]:
@@ -174,15 +163,18 @@ def compile_all(jobs: List[Tuple[Workload, Config]], channels: int, smoke: bool)
 
 # --- the card's ceilings and each workload's floors -----------------------------------------------
 
+def copy_bandwidth(device: torch.device) -> float:
+    """TB/s of a 2 GiB device-to-device copy, counting bytes read and written."""
+    source = torch.empty(2**29, dtype=torch.float32, device=device).uniform_()
+    target = torch.empty_like(source)
+    return 2 * source.numel() * 4 / median_ms(lambda: target.copy_(source), device) / 1e9
+
+
 def ceilings(device: torch.device) -> Dict[str, Optional[float]]:
     """Measured copy bandwidth (bytes read + written) and dense matrix rates."""
     if device.type != "cuda":
         return {"copy_tb_s": None, "bf16_tflops": None, "tf32_tflops": None, "fp32_tflops": None}
-    source = torch.empty(2**29, dtype=torch.float32, device=device).uniform_()  # 2 GiB
-    target = torch.empty_like(source)
-    copy_ms = median_ms(lambda: target.copy_(source), device)
-    rates = {"copy_tb_s": 2 * source.numel() * 4 / copy_ms / 1e9}
-    del source, target
+    rates = {"copy_tb_s": copy_bandwidth(device)}
     n = 8192
     previous = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -251,10 +243,10 @@ def sweep(workloads: List[Workload], grids: Dict[Workload, List[Config]], device
             "workload": asdict(workload),
             "floors": floors(workload, channels, card),
             "reference_ms": reference_ms,
-            "reference_peak_extra_bytes": peak_extra_bytes(reference_call(workload, fxs, fys), device),
+            "reference_peak_extra_bytes": peak_extra_memory(reference_call(workload, fxs, fys), device),
             "rule": asdict(rule),
             "rule_ms": median_ms(rule_call, device),
-            "rule_peak_extra_bytes": peak_extra_bytes(rule_call, device),
+            "rule_peak_extra_bytes": peak_extra_memory(rule_call, device),
             "configs": rows,
         }
         print_workload(result)
@@ -304,7 +296,8 @@ def print_workload(result: dict) -> None:
     best = timed[0]["median_ms"] if timed else None
     for row in timed:
         mark = "  <- rule" if row["config"] == result["rule"] else ""
-        print(f"   {describe(row['config'])}  {row['median_ms']:8.3f} ms  x{result['reference_ms'] / row['median_ms']:6.1f}"
+        speedup = result["reference_ms"] / row["median_ms"]
+        print(f"   {describe(row['config'])}  {row['median_ms']:8.3f} ms  x{speedup:6.1f}"
               f"  {row['median_ms'] / best:5.2f} of best{mark}")
     for row in result["configs"]:
         if "error" in row:

@@ -1,4 +1,5 @@
-"""The one-command GPU check and the configuration sweep run end to end (on the CPU, in --smoke mode); the check survives failures."""
+"""The one-command GPU check and the configuration sweep run end to end (on the CPU,
+in --smoke mode); the check survives failures."""
 
 import json
 import subprocess

@@ -1,4 +1,5 @@
-"""Every kernel configuration compiles for Hopper (sm_90) and fits in shared memory; the forward never spills, the backward at most a little."""
+"""Every kernel configuration compiles for Hopper (sm_90) and fits in shared memory;
+the forward never spills, the backward at most a little."""
 
 import json
 import subprocess
