@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -63,12 +63,24 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def grid(workload: Workload) -> List[Config]:
-    """The configurations tried for one workload; each BLOCK_K list spans 64 to 256 bytes of a row."""
+    """The configurations tried for one workload; each BLOCK_K list spans 64 to 256 bytes of a row.
+
+    Each block shape runs in plain order with one tail step (the layout of
+    the first sweeps) and in tile order with 16-position tail steps.
+    """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
-        return [Config(c, k, w, s) for c, k, w, s in itertools.product((32, 64), ks, (4, 8), (1, 2))]
-    ks = (16, 32, 64) if workload.dtype == "fp32" else (32, 64, 128)
-    return [Config(c, k, w, s) for c, k, w, s in itertools.product((32, 64), ks, (4, 8), (1, 2, 3))]
+        shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
+    else:
+        ks = (16, 32, 64) if workload.dtype == "fp32" else (32, 64, 128)
+        shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
+    return [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
+
+
+def layout(config: Config, tiles: bool) -> Config:
+    """The block shape of `config` in tile order with 16-position tails, or in
+    plain order with one tail step (the layout before tile order)."""
+    return replace(config, tile_order=tiles, tail_k=16 if tiles else config.block_k)
 
 
 def smoke_workloads() -> List[Workload]:
@@ -77,7 +89,7 @@ def smoke_workloads() -> List[Workload]:
 
 
 def smoke_grid(workload: Workload) -> List[Config]:
-    return [Config(16, 16, 4, 1), Config(32, 16, 4, 2)]
+    return [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True)]
 
 
 # --- inputs and the functions timed ---------------------------------------------------------------
@@ -245,6 +257,7 @@ def sweep(workloads: List[Workload], grids: Dict[Workload, List[Config]], device
             "reference_ms": reference_ms,
             "reference_peak_extra_bytes": peak_extra_memory(reference_call(workload, fxs, fys), device),
             "rule": asdict(rule),
+            "earlier_rule": asdict(layout(rule, False)),
             "rule_ms": median_ms(rule_call, device),
             "rule_peak_extra_bytes": peak_extra_memory(rule_call, device),
             "configs": rows,
@@ -267,23 +280,28 @@ def precision_speeds(device: torch.device, channels: int, smoke: bool) -> List[d
 
 
 def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
-    """The rule's forward on each level alone: where a multi-level launch spends
-    its time. Every level has the same number of programs and the same tile
-    statistics to reduce, so the levels with few positions show the cost that
-    does not scale with the positions (statistics, launch and setup)."""
+    """The forward on each level alone, by the rule and by the earlier rule:
+    where a multi-level launch spends its time. Every level has the same
+    number of programs and the same tile statistics to reduce, so the levels
+    with few positions show the cost that does not scale with the positions
+    (statistics, launch and setup)."""
     rows = []
     for base in (smoke_workloads()[:1] if smoke else WORKLOADS[:2]):
         fxs, fys = features(base, device, channels)
-        for level, size in enumerate(base.sizes):
-            one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
-            call = kernel_call(one, None, fxs[level:level + 1], fys[level:level + 1])
-            rows.append({"workload": base.name, "level": level, "positions": size[0] * size[1],
-                         "median_ms": median_ms(call, device)})
+        rule = kernels.pick_config(channels, DTYPES[base.dtype], precision=base.precision)
+        for name, config in (("rule", rule), ("earlier rule", layout(rule, False))):
+            for level, size in enumerate(base.sizes):
+                one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
+                call = kernel_call(one, config, fxs[level:level + 1], fys[level:level + 1])
+                rows.append({"workload": base.name, "config": name, "level": level,
+                             "positions": size[0] * size[1], "median_ms": median_ms(call, device)})
     return rows
 
 
 def describe(config: dict) -> str:
-    return f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']}"
+    order = "tiles" if config["tile_order"] else "plain"
+    return (f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']} "
+            f"{order} tail{config['tail_k']:<3d}")
 
 
 def print_workload(result: dict) -> None:
@@ -295,7 +313,8 @@ def print_workload(result: dict) -> None:
     timed = sorted((row for row in result["configs"] if "median_ms" in row), key=lambda row: row["median_ms"])
     best = timed[0]["median_ms"] if timed else None
     for row in timed:
-        mark = "  <- rule" if row["config"] == result["rule"] else ""
+        names = [name for name in ("rule", "earlier_rule") if row["config"] == result[name]]
+        mark = "  <- " + " = ".join(names).replace("_", " ") if names else ""
         speedup = result["reference_ms"] / row["median_ms"]
         print(f"   {describe(row['config'])}  {row['median_ms']:8.3f} ms  x{speedup:6.1f}"
               f"  {row['median_ms'] / best:5.2f} of best{mark}")
@@ -340,9 +359,9 @@ def main() -> int:
     for row in results["precisions"]:
         print(f"   {row['workload']:40s} {row['precision']:7s} {row['median_ms']:.3f} ms")
     results["levels"] = level_split(device, channels, args.smoke)
-    print("\neach level alone (the rule's forward):")
+    print("\neach level alone (forward):")
     for row in results["levels"]:
-        print(f"   {row['workload']:40s} level {row['level']} ({row['positions']:4d} positions) "
+        print(f"   {row['workload']:28s} {row['config']:12s} level {row['level']} ({row['positions']:4d} positions) "
               f"{row['median_ms']:.3f} ms")
     results["seconds"] = round(time.time() - started, 1)
     if args.out:

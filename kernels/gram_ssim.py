@@ -74,6 +74,22 @@ def _load_panel(base, rows, k, C, k_len, stride_c, MASK_C: tl.constexpr, MASK_K:
 
 
 @triton.jit
+def _channel_order(BLOCK_C: tl.constexpr, LOW: tl.constexpr, TILE_ORDER: tl.constexpr):
+    """Channel offset held by each row of a block.
+
+    Plain order is the identity. In tile order, row p = (hi, a, lo) in
+    row-major order, sizes (BLOCK_C / (4 LOW), 4, LOW), holds channel
+    4 (hi LOW + lo) + a: entry a of tile hi LOW + lo. Rows take LOW = 4 and
+    columns LOW = 8, which on sm_90's dot layout puts a tile's 16 entries
+    in one thread's registers, or two threads' (see _as_tiles).
+    """
+    p = tl.arange(0, BLOCK_C)
+    if TILE_ORDER:
+        p = 4 * ((p // (4 * LOW)) * LOW + p % LOW) + (p // LOW) % 4
+    return p
+
+
+@triton.jit
 def _gram_step(
     g, base, rows, cols, k, C, k_len, stride_c,
     MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
@@ -88,22 +104,32 @@ def _gram_step(
 def _gram_block(
     base, bi, bj, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
 ):
     """Block (bi, bj) of one image's Gram matrix over its k_len positions,
     BLOCK_C x BLOCK_C in ACC precision.
 
-    Whole chunks of positions load without a mask; the last partial chunk
-    of the level is masked.
+    Whole chunks of BLOCK_K positions load without a mask; the rest of the
+    level goes in masked steps of TAIL_K, so a level shorter than BLOCK_K
+    (4 x 4 maps have 16 positions) does not multiply BLOCK_K positions of
+    zeros. TAIL_K = 0 takes one masked step of BLOCK_K, written without a
+    loop: the two forms compile to different register allocations, and
+    each launcher takes the one that spills less (tests/sm90.py).
     """
-    rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
-    ks = tl.arange(0, BLOCK_K)
+    rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
+    cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
     g = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
     k_whole = k_len - k_len % BLOCK_K
+    ks = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_whole, BLOCK_K):
         g = _gram_step(g, base, rows, cols, k0 + ks, C, k_len, stride_c, not EVEN_C, False, PRECISION)
-    if k_whole < k_len:
-        g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION)
+    if TAIL_K == 0:
+        if k_whole < k_len:
+            g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION)
+    else:
+        tail = tl.arange(0, TAIL_K)
+        for k0 in range(k_whole, k_len, TAIL_K):
+            g = _gram_step(g, base, rows, cols, k0 + tail, C, k_len, stride_c, not EVEN_C, True, PRECISION)
     return g
 
 
@@ -111,38 +137,80 @@ def _gram_block(
 def _gram_blocks(
     x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
 ):
     """Blocks (bi, bj) of both images' Gram matrices; each image has its own
     number of positions (the two need not share a size)."""
-    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
-    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
+    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
     return gx, gy
 
 
 @triton.jit
-def _tile_sum(v, NT: tl.constexpr):
-    """(NT, 4, NT, 4) -> (NT, NT): the sum over each 4x4 tile."""
-    return tl.sum(tl.sum(v, axis=3), axis=1)
+def _as_tiles(g, BLOCK_C: tl.constexpr, TILE_ORDER: tl.constexpr):
+    """A block with its rows and columns split into (tile, entry) axes.
+
+    Plain order: (NT, 4, NT, 4), tile row, entry, tile column, entry. Tile
+    order (see _channel_order): (hi, a, lo, hi, b, lo) with sizes
+    (BLOCK_C / 16, 4, 4, BLOCK_C / 32, 4, 8); a and b index a tile's entries.
+    """
+    if TILE_ORDER:
+        return tl.reshape(g, (BLOCK_C // 16, 4, 4, BLOCK_C // 32, 4, 8))
+    else:
+        return tl.reshape(g, (BLOCK_C // 4, 4, BLOCK_C // 4, 4))
 
 
 @triton.jit
-def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr):
+def _tile_sum(v, TILE_ORDER: tl.constexpr):
+    """The sum over each tile's 16 entries, keeping the tile axes."""
+    if TILE_ORDER:
+        return tl.sum(tl.sum(v, axis=4), axis=1)
+    else:
+        return tl.sum(tl.sum(v, axis=3), axis=1)
+
+
+@triton.jit
+def _spread(t, TILE_ORDER: tl.constexpr):
+    """Per-tile values broadcast back over the entry axes of _as_tiles."""
+    if TILE_ORDER:
+        return t[:, None, :, :, None, :]
+    else:
+        return t[:, None, :, None]
+
+
+@triton.jit
+def _centred_tiles(gx, gy, eps, BLOCK_C: tl.constexpr, TILE_ORDER: tl.constexpr):
     """Centred tile entries of both blocks and each tile's score.
 
     Statistics are taken on centred entries: Gram entries are large and
     positive, so E[x^2] - E[x]^2 would cancel catastrophically. Returns
-    dx, dy (NT, 4, NT, 4), the score (2 cov + eps) / D and D = var_x + var_y + eps.
+    dx, dy in _as_tiles's shape, and per tile the score (2 cov + eps) / D and
+    D = var_x + var_y + eps.
     """
-    NT: tl.constexpr = BLOCK_C // 4
-    ax = tl.reshape(gx, (NT, 4, NT, 4))
-    ay = tl.reshape(gy, (NT, 4, NT, 4))
-    dx = ax - (_tile_sum(ax, NT) / 16)[:, None, :, None]
-    dy = ay - (_tile_sum(ay, NT) / 16)[:, None, :, None]
-    var_x = _tile_sum(dx * dx, NT) / 16
-    var_y = _tile_sum(dy * dy, NT) / 16
-    cov = _tile_sum(dx * dy, NT) / 16
+    ax = _as_tiles(gx, BLOCK_C, TILE_ORDER)
+    ay = _as_tiles(gy, BLOCK_C, TILE_ORDER)
+    dx = ax - _spread(_tile_sum(ax, TILE_ORDER) / 16, TILE_ORDER)
+    dy = ay - _spread(_tile_sum(ay, TILE_ORDER) / 16, TILE_ORDER)
+    var_x = _tile_sum(dx * dx, TILE_ORDER) / 16
+    var_y = _tile_sum(dy * dy, TILE_ORDER) / 16
+    cov = _tile_sum(dx * dy, TILE_ORDER) / 16
     denom = var_x + var_y + eps
     return dx, dy, (2 * cov + eps) / denom, denom
+
+
+@triton.jit
+def _tiles_within(bi, bj, C, BLOCK_C: tl.constexpr, TILE_ORDER: tl.constexpr):
+    """Which tiles of block (bi, bj) lie inside C x C, in _tile_sum's shape.
+
+    Tiles past C (a multiple of 4, not of BLOCK_C) are padding.
+    """
+    if TILE_ORDER:
+        rows = 4 * (4 * tl.arange(0, BLOCK_C // 16)[:, None] + tl.arange(0, 4)[None, :])
+        cols = 4 * (8 * tl.arange(0, BLOCK_C // 32)[:, None] + tl.arange(0, 8)[None, :])
+        return (bi * BLOCK_C + rows[:, :, None, None] < C) & (bj * BLOCK_C + cols[None, None, :, :] < C)
+    else:
+        tiles = 4 * tl.arange(0, BLOCK_C // 4)
+        return (bi * BLOCK_C + tiles[:, None] < C) & (bj * BLOCK_C + tiles[None, :] < C)
 
 
 @triton.jit
@@ -168,6 +236,7 @@ def _gram_ssim_forward_kernel(
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
     C, L, T,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
 ):
     t = tl.program_id(0)
     image_level = tl.program_id(1)
@@ -178,14 +247,11 @@ def _gram_ssim_forward_kernel(
     x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
     gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
-    _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C)
-    # Tiles past C (a multiple of 4, not of BLOCK_C) are padding.
-    NT: tl.constexpr = BLOCK_C // 4
-    tile_rows = bi * BLOCK_C + 4 * tl.arange(0, NT)
-    tile_cols = bj * BLOCK_C + 4 * tl.arange(0, NT)
-    valid = (tile_rows[:, None] < C) & (tile_cols[None, :] < C)
-    total = tl.sum(tl.sum(tl.where(valid, scores, 0.0), axis=1), axis=0)
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+    _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C, TILE_ORDER)
+    if not EVEN_C:
+        scores = tl.where(_tiles_within(bi, bj, C, BLOCK_C, TILE_ORDER), scores, 0.0)
+    total = tl.sum(scores)
     weight = tl.where(bi == bj, 1.0, 2.0)
     tl.store(partial_ptr + image_level * T + t, total * weight)
 
@@ -194,6 +260,7 @@ def _gram_ssim_forward_kernel(
 def _accumulate_rows(
     out_base, f_base, gbar, bi, bj, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr,
+    TILE_ORDER: tl.constexpr,
 ):
     """out[rows bi] (+)= 2 * gbar @ F[rows bj], chunk by chunk along the level.
 
@@ -202,8 +269,8 @@ def _accumulate_rows(
     column block (bj == 0) writes instead of adding. Features are upcast to
     gbar's precision: gbar is far too small and varied for 16 bits.
     """
-    rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
-    cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
+    cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
     ks = tl.arange(0, BLOCK_K)
     gbar2 = 2 * gbar
     for k0 in range(0, k_len, BLOCK_K):
@@ -229,6 +296,7 @@ def _gram_ssim_backward_kernel(
     C, L, NB,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr,
     PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
 ):
     """dScore/dx. One program owns row block bi of one (image, level). It
     sweeps every column block bj, recomputes both Gram blocks (bi, bj) and
@@ -250,17 +318,18 @@ def _gram_ssim_backward_kernel(
     out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * kx_len
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
-    rows = bi * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     for bj in range(0, NB):
         gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC)
-        dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C)
-        factor = (scale * 2 / (16 * denom))[:, None, :, None]
-        gbar = tl.reshape(factor * (dy - score[:, None, :, None] * dx), (BLOCK_C, BLOCK_C))
-        # Entries past C belong to padding tiles and must not contribute.
-        cols = bj * BLOCK_C + tl.arange(0, BLOCK_C)
-        gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
-        _accumulate_rows(out_base, x_base, gbar, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION)
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+        dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
+        factor = _spread(scale * 2 / (16 * denom), TILE_ORDER)
+        gbar = tl.reshape(factor * (dy - _spread(score, TILE_ORDER) * dx), (BLOCK_C, BLOCK_C))
+        if not EVEN_C:  # entries past C belong to padding tiles and must not contribute
+            cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
+            gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
+        _accumulate_rows(out_base, x_base, gbar, bi, bj, kx_len, C, sxc,
+                         BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER)
 
 
 # The kernels were defined for the Triton interpreter (TRITON_INTERPRET=1 when
@@ -274,6 +343,14 @@ class Config:
     block_k: int
     num_warps: int
     num_stages: int
+    tile_order: bool = False  # rows and columns in tile order (see _channel_order); block_c >= 32
+    tail_k: int = 16  # positions per masked step past the last whole block_k; divides block_k
+
+    def __post_init__(self):
+        if self.tile_order and self.block_c < 32:
+            raise ValueError(f"tile order needs block_c >= 32, got {self.block_c}")
+        if self.tail_k < 16 or self.block_k % self.tail_k:
+            raise ValueError(f"tail_k must be at least 16 and divide block_k ({self.block_k}), got {self.tail_k}")
 
 
 def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, precision: str = "tf32x3") -> Config:
@@ -286,13 +363,20 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
     float32 blocks (32 under "ieee", which spills at 64 on triton 3.9), else
     32, and 16 for float64 and 16-wide blocks. The backward, which also keeps
     the gradient block live, steps 16 positions. Every program runs 4 warps
-    without software pipelining.
+    without software pipelining. What is left of a level past its whole
+    steps goes 16 positions at a time, and blocks of 32 or more channels
+    are held in tile order (see _channel_order).
 
     bench/sweep.py timed the alternatives on an H100 with triton 3.6 (table
     in bench/results): 4 warps and 1 stage beat 8 warps and 2 stages by up
     to 5x, and among configurations that compile without spilling on every
     supported triton this rule is the fastest, or within 12% of it, for each
-    workload at C = 512. tests/sm90.py checks every choice for sm_90.
+    workload at C = 512. Tile order and the 16-position tail came later, from
+    the compiled code rather than from timings: on sm_90 they cut the
+    forward's warp shuffles from about 245 to 27 and its PTX by a quarter,
+    and the shortest level's multiply work by up to 4x; bench/sweep.py
+    times them against the earlier rule. tests/sm90.py checks every choice
+    for sm_90.
     """
     widths = (32,) if dtype == torch.float64 else (64, 32)
     block_c = next((size for size in widths if channels % size == 0), 16)
@@ -302,7 +386,7 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
         block_k = 64
     else:
         block_k = 32
-    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1)
+    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1, tile_order=block_c >= 32)
 
 
 def gram_precision(dtype: torch.dtype, precision: str) -> str:
@@ -326,6 +410,27 @@ def gradient_precision(dtype: torch.dtype, precision: str) -> str:
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channels: int, backward: bool) -> dict:
+    """The compile-time arguments of a launch (tests/sm90.py compiles with the same).
+
+    A tail as long as BLOCK_K is one step; the forward takes it without a
+    loop (TAIL_K = 0) and the backward as a loop of one, the forms that
+    spill least on sm_90 across the supported tritons.
+    """
+    constants = {
+        "BLOCK_C": config.block_c,
+        "BLOCK_K": config.block_k,
+        "EVEN_C": channels % config.block_c == 0,
+        "PRECISION": gram_precision(dtype, precision),
+        "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
+        "TAIL_K": config.tail_k if backward or config.tail_k < config.block_k else 0,
+        "TILE_ORDER": config.tile_order,
+    }
+    if backward:
+        constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
+    return constants
 
 
 @functools.lru_cache(maxsize=512)
@@ -360,12 +465,20 @@ def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
 def level_table(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, 6) int64: per level, x's length (positions) and batch and channel
     strides, then y's. The two images' lengths differ when their sizes do."""
-    rows = tuple((x.shape[2], x.stride(0), x.stride(1), y.shape[2], y.stride(0), y.stride(1)) for x, y in zip(xs, ys))
-    for x in list(xs) + list(ys):
-        extent = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]))
+    layouts = tuple((tuple(f.shape), f.stride()) for f in list(xs) + list(ys))
+    return _level_table(layouts, len(xs), xs[0].device)
+
+
+@functools.lru_cache(maxsize=256)
+def _level_table(layouts: tuple, levels: int, device: torch.device) -> torch.Tensor:
+    """level_table from the maps' (shape, strides), cached: it runs on every launch."""
+    for shape, strides in layouts:
+        extent = sum((size - 1) * abs(stride) for size, stride in zip(shape[1:], strides[1:]))
         if extent >= 2**31:
-            raise ValueError(f"feature maps of shape {tuple(x.shape)} are too large for 32-bit offsets per image")
-    return device_constant(rows, torch.int64, xs[0].device)
+            raise ValueError(f"feature maps of shape {shape} are too large for 32-bit offsets per image")
+    xs, ys = layouts[:levels], layouts[levels:]
+    rows = tuple((x[0][2], x[1][0], x[1][1], y[0][2], y[1][0], y[1][1]) for x, y in zip(xs, ys))
+    return device_constant(rows, torch.int64, device)
 
 
 def padded(tensors: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
@@ -411,11 +524,7 @@ def gram_ssim_forward(
         *padded(fx), *padded(fy), level_table(fx, fy), pairs, partials,
         device_constant((eps,), acc, device),
         channels, levels, pairs.shape[0],
-        BLOCK_C=config.block_c,
-        BLOCK_K=config.block_k,
-        EVEN_C=channels % config.block_c == 0,
-        PRECISION=gram_precision(fx[0].dtype, precision),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=False),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -457,12 +566,7 @@ def gram_ssim_backward(
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
         device_constant((eps,), acc, device),
         channels, levels, blocks,
-        BLOCK_C=config.block_c,
-        BLOCK_K=config.block_k,
-        EVEN_C=channels % config.block_c == 0,
-        PRECISION=gram_precision(fx[0].dtype, precision),
-        GRAD_PRECISION=gradient_precision(fx[0].dtype, precision),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=True),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

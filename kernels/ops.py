@@ -76,4 +76,13 @@ def multiscale_scores(fxs: List[Tensor], fys: List[Tensor], eps: float, precisio
     """(B, L) head scores by the fused kernels; see msds.head.multiscale_gram_ssim."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
-    return gram_ssim_forward_op(list(fxs), list(fys), float(eps), precision)
+    fxs, fys = list(fxs), list(fys)
+    if torch.compiler.is_compiling() or _needs_grad(fxs + fys):
+        return gram_ssim_forward_op(fxs, fys, float(eps), precision)
+    # Without autograd or a graph to capture, the operator's dispatch is pure
+    # host time (tens of microseconds per call): launch directly.
+    return gram_ssim_forward(fxs, fys, float(eps), precision)
+
+
+def _needs_grad(tensors: List[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -73,14 +72,6 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
     return resources(kernel)
 
 
-def _shared_constexprs(dtype, precision, channels, config) -> dict:
-    return {
-        "BLOCK_C": config.block_c, "BLOCK_K": config.block_k, "EVEN_C": channels % config.block_c == 0,
-        "PRECISION": K.gram_precision(dtype, precision),
-        "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
-    }
-
-
 def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
     config = K.pick_config(channels, dtype, precision=precision)
     elem = TORCH_TO_TRITON[dtype]
@@ -89,8 +80,8 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
         **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64", "pairs_ptr": "*i32",
         "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32",
     }
-    return _compile(K._gram_ssim_forward_kernel, signature,
-                    _shared_constexprs(dtype, precision, channels, config), config)
+    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=False)
+    return _compile(K._gram_ssim_forward_kernel, signature, constexprs, config)
 
 
 def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
@@ -101,10 +92,7 @@ def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
         **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc),
         "meta_ptr": "*i64", "grad_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "NB": "i32",
     }
-    constexprs = {
-        **_shared_constexprs(dtype, precision, channels, config),
-        "GRAD_PRECISION": K.gradient_precision(dtype, precision),
-    }
+    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=True)
     return _compile(K._gram_ssim_backward_kernel, signature, constexprs, config)
 
 
