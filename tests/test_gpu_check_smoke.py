@@ -60,8 +60,12 @@ def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
         assert all("median_ms" in row for row in workload["configs"]), workload["configs"]
         assert workload["rule_ms"] > 0 and workload["reference_ms"] > 0
     assert {row["precision"] for row in report["precisions"]} == {"ieee", "tf32x3", "tf32"}
-    assert [row["level"] for row in report["levels"]] == [0, 1]
-    assert "<- rule" in result.stdout  # the smoke grid holds the rule's configuration for 16 channels
+    assert [(row["config"], row["level"]) for row in report["levels"]] == [
+        ("rule", 0), ("rule", 1), ("earlier rule", 0), ("earlier rule", 1)]
+    # The smoke grid holds the rule's configuration for 16 channels, which
+    # is also the earlier rule's (16-wide blocks stay in plain order).
+    assert "<- rule = earlier rule" in result.stdout
+    assert "tiles tail16" in result.stdout
 
 
 def test_sweep_floors_count_the_upper_triangle_and_every_byte():
