@@ -10,6 +10,11 @@ statistics in registers and writes one partial sum of tile scores. Nothing
 Gram-sized reaches memory; partials are summed once afterwards, so results
 are deterministic (no atomics).
 
+Layout. A block's rows and columns need not follow channel order: blocks of
+32 or more channels are loaded in tile order (_channel_order), which on
+sm_90's matrix-instruction layout puts a tile's 16 entries in one or two
+threads' registers, so its statistics take few warp shuffles.
+
 Levels. Each level's feature maps stay where the trunk wrote them (copying
 them into one buffer would cost as much memory as the features): the kernel
 takes up to MAX_LEVELS pointers per image and picks its level's at run time,
