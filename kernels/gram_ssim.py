@@ -10,10 +10,10 @@ statistics in registers and writes one partial sum of tile scores. Nothing
 Gram-sized reaches memory; partials are summed once afterwards, so results
 are deterministic (no atomics).
 
-Layout. A block's rows and columns need not follow channel order: blocks of
-32 or more channels are loaded in tile order (_channel_order), which on
-sm_90's matrix-instruction layout puts a tile's 16 entries in one or two
-threads' registers, so its statistics take few warp shuffles.
+Layout. A block's rows and columns need not follow channel order: 64-wide
+blocks are loaded in tile order (_channel_order), which in sm_90's wgmma
+accumulator layout puts a tile's 16 entries in one or two threads'
+registers, so its statistics take few warp shuffles.
 
 Levels. Each level's feature maps stay where the trunk wrote them (copying
 them into one buffer would cost as much memory as the features): the kernel
@@ -369,8 +369,10 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
     32, and 16 for float64 and 16-wide blocks. The backward, which also keeps
     the gradient block live, steps 16 positions. Every program runs 4 warps
     without software pipelining. What is left of a level past its whole
-    steps goes 16 positions at a time, and blocks of 32 or more channels
-    are held in tile order (see _channel_order).
+    steps goes 16 positions at a time, and 64-wide blocks are held in tile
+    order (see _channel_order). 32-wide blocks stay in channel order: their
+    16-bit and float64 dots use a layout in which tile order moves the tile
+    sums across warps (twice the barriers on sm_90).
 
     bench/sweep.py timed the alternatives on an H100 with triton 3.6 (table
     in bench/results): 4 warps and 1 stage beat 8 warps and 2 stages by up
@@ -391,7 +393,7 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
         block_k = 64
     else:
         block_k = 32
-    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1, tile_order=block_c >= 32)
+    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1, tile_order=block_c == 64)
 
 
 def gram_precision(dtype: torch.dtype, precision: str) -> str:
