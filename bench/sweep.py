@@ -66,7 +66,9 @@ def grid(workload: Workload) -> List[Config]:
     """The configurations tried for one workload; each BLOCK_K list spans 64 to 256 bytes of a row.
 
     Each block shape runs in plain order with one tail step (the layout of
-    the first sweeps) and in tile order with 16-position tail steps.
+    the first sweeps) and in tile order with 16-position tail steps. The
+    forward's 64-wide, 4-warp, 1-stage shapes in tile order also run as a
+    persistent grid of 2 and 4 programs per multiprocessor.
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
@@ -74,7 +76,12 @@ def grid(workload: Workload) -> List[Config]:
     else:
         ks = (16, 32, 64) if workload.dtype == "fp32" else (32, 64, 128)
         shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
-    return [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
+    configs = [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
+    if not workload.backward:
+        configs += [replace(config, persistent=programs) for config in configs
+                    if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1
+                    for programs in (2, 4)]
+    return configs
 
 
 def layout(config: Config, tiles: bool) -> Config:
@@ -89,7 +96,8 @@ def smoke_workloads() -> List[Workload]:
 
 
 def smoke_grid(workload: Workload) -> List[Config]:
-    return [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True)]
+    configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True)]
+    return configs if workload.backward else configs + [Config(32, 32, 4, 1, persistent=2)]
 
 
 # --- inputs and the functions timed ---------------------------------------------------------------
@@ -300,8 +308,9 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
 
 def describe(config: dict) -> str:
     order = "tiles" if config["tile_order"] else "plain"
+    persistent = f" persistent x{config['persistent']}" if config.get("persistent") else ""
     return (f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']} "
-            f"{order} tail{config['tail_k']:<3d}")
+            f"{order} tail{config['tail_k']:<3d}{persistent}")
 
 
 def print_workload(result: dict) -> None:

@@ -239,12 +239,32 @@ def _gram_ssim_forward_kernel(
     pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
     partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
-    C, L, T,
+    C, L, T, ITEMS,  # ITEMS = T * B * L block pairs to score
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, PERSISTENT: tl.constexpr,
+):
+    """One program per (block pair, image and level) on a (T, B * L) grid or,
+    if PERSISTENT, a fixed number of programs that take every num_programs-th
+    one in launch order."""
+    if PERSISTENT:
+        for item in range(tl.program_id(0), ITEMS, tl.num_programs(0)):
+            _score_block_pair(item % T, item // T, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+                              meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+    else:
+        _score_block_pair(tl.program_id(0), tl.program_id(1), x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+                          meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+
+
+@triton.jit
+def _score_block_pair(
+    t, image_level, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+    meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    image_level = tl.program_id(1)
+    """The partial sum of tile scores of block pair t of one image and level."""
     b = image_level // L
     level = image_level % L
     bi = tl.load(pairs_ptr + 2 * t)
@@ -350,12 +370,15 @@ class Config:
     num_stages: int
     tile_order: bool = False  # rows and columns in tile order (see _channel_order); block_c >= 32
     tail_k: int = 16  # positions per masked step past the last whole block_k; divides block_k
+    persistent: int = 0  # forward only: programs per multiprocessor, each looping over the work; 0: one per item
 
     def __post_init__(self):
         if self.tile_order and self.block_c < 32:
             raise ValueError(f"tile order needs block_c >= 32, got {self.block_c}")
         if self.tail_k < 16 or self.block_k % self.tail_k:
             raise ValueError(f"tail_k must be at least 16 and divide block_k ({self.block_k}), got {self.tail_k}")
+        if self.persistent < 0:
+            raise ValueError(f"persistent must be >= 0 programs per multiprocessor, got {self.persistent}")
 
 
 def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, precision: str = "tf32x3") -> Config:
@@ -368,11 +391,13 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
     float32 blocks (32 under "ieee", which spills at 64 on triton 3.9), else
     32, and 16 for float64 and 16-wide blocks. The backward, which also keeps
     the gradient block live, steps 16 positions. Every program runs 4 warps
-    without software pipelining. What is left of a level past its whole
-    steps goes 16 positions at a time, and 64-wide blocks are held in tile
-    order (see _channel_order). 32-wide blocks stay in channel order: their
-    16-bit and float64 dots use a layout in which tile order moves the tile
-    sums across warps (twice the barriers on sm_90).
+    without software pipelining. 64-wide blocks are held in tile order (see
+    _channel_order) and step through what is left of a level past its whole
+    steps 16 positions at a time. Narrower blocks keep channel order and one
+    tail step: their 16-bit and float64 dots use a layout in which tile
+    order moves the tile sums across warps (twice the barriers on sm_90),
+    and the 16-position tail makes the 32-wide fp32 "ieee" forward spill on
+    triton 3.7.
 
     bench/sweep.py timed the alternatives on an H100 with triton 3.6 (table
     in bench/results): 4 warps and 1 stage beat 8 warps and 2 stages by up
@@ -393,7 +418,9 @@ def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, preci
         block_k = 64
     else:
         block_k = 32
-    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1, tile_order=block_c == 64)
+    wide = block_c == 64
+    return Config(block_c=block_c, block_k=block_k, num_warps=4, num_stages=1,
+                  tile_order=wide, tail_k=16 if wide else block_k)
 
 
 def gram_precision(dtype: torch.dtype, precision: str) -> str:
@@ -437,7 +464,18 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     }
     if backward:
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
+    else:
+        constants["PERSISTENT"] = config.persistent > 0
     return constants
+
+
+@functools.lru_cache(maxsize=16)
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 2 elsewhere (the interpreter
+    runs programs one by one, and 2 keeps a persistent grid's striding tested)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
 
 
 @functools.lru_cache(maxsize=512)
@@ -527,10 +565,15 @@ def gram_ssim_forward(
     device = fx[0].device
     pairs = block_pairs(channels, config.block_c, device)
     partials = torch.empty(batch * levels, pairs.shape[0], dtype=acc, device=device)
-    _gram_ssim_forward_kernel[(pairs.shape[0], batch * levels)](
+    items = pairs.shape[0] * batch * levels
+    if config.persistent:
+        grid = (min(items, config.persistent * multiprocessors(device)),)
+    else:
+        grid = (pairs.shape[0], batch * levels)
+    _gram_ssim_forward_kernel[grid](
         *padded(fx), *padded(fy), level_table(fx, fy), pairs, partials,
         device_constant((eps,), acc, device),
-        channels, levels, pairs.shape[0],
+        channels, levels, pairs.shape[0], items,
         **kernel_constants(config, fx[0].dtype, precision, channels, backward=False),
         num_warps=config.num_warps,
         num_stages=config.num_stages,

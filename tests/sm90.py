@@ -78,7 +78,7 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
         **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64", "pairs_ptr": "*i32",
-        "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32",
+        "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32", "ITEMS": "i32",
     }
     constexprs = K.kernel_constants(config, dtype, precision, channels, backward=False)
     return _compile(K._gram_ssim_forward_kernel, signature, constexprs, config)

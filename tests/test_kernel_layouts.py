@@ -1,6 +1,7 @@
 """Every block layout a Config can ask for gives the oracle's scores and
 reference gradients: plain or tile-ordered rows and columns, whole blocks or
-a masked last block, tails in one step or in 16-position steps."""
+a masked last block, tails in one step or in 16-position steps, one program
+per block pair or a persistent few."""
 
 import numpy as np
 import pytest
@@ -24,6 +25,12 @@ CASES = [
     (Config(32, 32, 4, 1, tile_order=False, tail_k=32), 64, [(7, 6), (2, 2)]),
     (Config(64, 32, 4, 1, tile_order=False, tail_k=16), 72, [(6, 9)]),
 ]
+# Persistent forwards: a few programs striding over every block pair (two
+# "multiprocessors" off the GPU), whether or not they divide the work.
+PERSISTENT = [
+    (Config(32, 32, 4, 1, tile_order=True, persistent=1), 64, [(5, 5), (3, 1)]),
+    (Config(32, 16, 4, 1, tile_order=False, persistent=3), 100, [(2, 3)]),
+]
 IDS = [f"C{c}-{'tiles' if cfg.tile_order else 'plain'}-{cfg.block_c}x{cfg.block_k}-tail{cfg.tail_k}"
        for cfg, c, _ in CASES]
 
@@ -34,7 +41,8 @@ def pairs(channels, sizes, generator):
     return fxs, fys
 
 
-@pytest.mark.parametrize("config,channels,sizes", CASES, ids=IDS)
+@pytest.mark.parametrize("config,channels,sizes", CASES + PERSISTENT,
+                         ids=IDS + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT])
 def test_scores_match_the_oracle(config, channels, sizes, rng, device):
     fxs, fys = pairs(channels, sizes, rng)
     got = gram_ssim_forward([f.to(device) for f in fxs], [f.to(device) for f in fys], 1e-6, config=config)
@@ -62,3 +70,5 @@ def test_impossible_configs_are_refused():
         Config(32, 32, 4, 1, tail_k=48)
     with pytest.raises(ValueError, match=r"tail_k must be at least 16 and divide block_k \(32\), got 8"):
         Config(32, 32, 4, 1, tail_k=8)
+    with pytest.raises(ValueError, match="persistent must be >= 0 programs per multiprocessor, got -1"):
+        Config(32, 32, 4, 1, persistent=-1)
