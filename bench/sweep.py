@@ -72,10 +72,9 @@ def grid(workload: Workload) -> List[Config]:
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
-        shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
     else:
         ks = (16, 32, 64) if workload.dtype == "fp32" else (32, 64, 128)
-        shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
+    shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
     configs = [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
     if not workload.backward:
         configs += [replace(config, persistent=programs) for config in configs
