@@ -2,9 +2,14 @@
 
 Kernels run under the Triton interpreter on the CPU unless MSDS_TEST_DEVICE
 names a CUDA device; the variable must be set before triton is imported.
+On Linux x86_64, where triton is a dependency (setup.py), a triton that
+cannot be imported stops the run before any test: the kernel tests never
+turn into skips there.
 """
 
 import os
+import platform
+import sys
 import zlib
 
 DEVICE = os.environ.get("MSDS_TEST_DEVICE", "cpu")
@@ -13,6 +18,18 @@ if not DEVICE.startswith("cuda"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+TRITON_IS_A_DEPENDENCY = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+
+
+def pytest_sessionstart(session) -> None:
+    if TRITON_IS_A_DEPENDENCY:
+        try:
+            import triton  # noqa: F401
+        except Exception as error:  # a broken install raises more than ImportError
+            pytest.exit(f"triton cannot be imported ({type(error).__name__}: {error}); on Linux x86_64 "
+                        "msds needs it: pip install -e \".[test]\"", returncode=1)
 
 
 @pytest.fixture(scope="session")

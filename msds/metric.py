@@ -89,13 +89,18 @@ class _DeepFeatureMetric(nn.Module):
     def _backend(self, fast: bool) -> str:
         return self.backend if fast else "reference"
 
-    def _run_trunk(self, images: torch.Tensor, fast: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """relu5_1 features of images, in the fast or the plain configuration.
+    def _working_dtype(self, images: torch.Tensor) -> torch.dtype:
+        """The trunk's dtype, or float64 for float64 images, which run through
+        float64 copies of the weights so they are scored in float64."""
+        return torch.float64 if images.dtype == torch.float64 else self._trunk_dtype()
 
-        Images are cast to the trunk's dtype, except float64 images, which run
-        through float64 copies of the weights so they are scored in float64.
-        """
-        dtype = torch.float64 if images.dtype == torch.float64 else self._trunk_dtype()
+    def _pyramid(self, images: torch.Tensor) -> List[torch.Tensor]:
+        # Cast first, so the pooled levels are rounded in the working dtype, not the images'.
+        return image_pyramid(images.to(self._working_dtype(images)), self.levels)
+
+    def _run_trunk(self, images: torch.Tensor, fast: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """relu5_1 features of images, cast to the working dtype, in the fast or the plain configuration."""
+        dtype = self._working_dtype(images)
         images = fastpath.trunk_input(images.to(dtype), fast)
         mask = None if mask is None else mask.to(dtype)
         step = fastpath.images_per_pass(images, fast)
@@ -223,7 +228,7 @@ class MSDS(_DeepFeatureMetric):
         _checks.check_image("y", y, self.levels, self.check_range)
         fast = self._is_fast(y)
         # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
-        features = tuple(self._run_trunk(level, fast).contiguous() for level in image_pyramid(y, self.levels))
+        features = tuple(self._run_trunk(level, fast).contiguous() for level in self._pyramid(y))
         return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
 
     def _reference_pair(self, x: torch.Tensor, ref: ReferenceFeatures) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -241,7 +246,7 @@ class MSDS(_DeepFeatureMetric):
                 f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
             )
         fast = self._is_fast(x)
-        fxs = [self._run_trunk(level, fast) for level in image_pyramid(x, self.levels)]
+        fxs = [self._run_trunk(level, fast) for level in self._pyramid(x)]
         fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
         return fxs, fys
 
@@ -261,7 +266,7 @@ class MSDS(_DeepFeatureMetric):
             fxs, fys = self._reference_pair(x, y)
         else:
             _checks.check_images(x, y, self.levels, self.check_range)
-            fxs, fys = self._pair_features(image_pyramid(x, self.levels), image_pyramid(y, self.levels))
+            fxs, fys = self._pair_features(self._pyramid(x), self._pyramid(y))
         backend = self._backend(self._is_fast(x))
         return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=backend, precision=self.precision)
 

@@ -1,8 +1,11 @@
 """Two training steps of a small restorer with the MSDS loss, under torchrun.
 
 Run by tests/test_loss.py as `torchrun --nproc_per_node 2 tests/ddp_step.py OUT`
-(gloo, CPU) and in one plain process as `python tests/ddp_step.py OUT`; rank 0
-saves the restorer's gradients of each step and the loss's state.
+(gloo, CPU) and in one plain process as `python tests/ddp_step.py OUT 2`, which
+takes the two ranks' shares of the batch in turn and averages their gradients
+as DDP does. Every process runs one thread, so each share goes through the
+same float32 operations on both sides. Rank 0 saves the restorer's gradients
+of each step and the loss's state.
 """
 
 import os
@@ -38,11 +41,12 @@ class Training(nn.Module):
         return self.loss(self.restorer(degraded), clean)
 
 
-def main(out: str) -> None:
+def main(out: str, shares: int = 1) -> None:
+    torch.set_num_threads(1)
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
         dist.init_process_group("gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, shares)
     torch.manual_seed(0)
     training = Training()
     model = nn.parallel.DistributedDataParallel(training) if distributed else training
@@ -51,12 +55,16 @@ def main(out: str) -> None:
     clean = torch.rand(BATCH, 3, 32, 32, generator=generator)
     degraded = (clean + 0.2 * torch.randn(clean.shape, generator=generator)).clamp(0, 1)
     share = BATCH // world
-    mine = slice(rank * share, (rank + 1) * share)
+    mine = [slice(r * share, (r + 1) * share) for r in ([rank] if distributed else range(world))]
     loss_state = {k: v.clone() for k, v in training.loss.state_dict().items()}
     grads = []
     for _ in range(2):
         optimiser.zero_grad()
-        model(degraded[mine], clean[mine]).backward()
+        for part in mine:  # one share in a DDP process; each in turn, summed, in the single one
+            model(degraded[part], clean[part]).backward()
+        if not distributed:
+            for p in training.restorer.parameters():
+                p.grad /= world  # DDP averages over ranks
         grads.append({k: p.grad.clone() for k, p in training.restorer.named_parameters()})
         optimiser.step()
     if rank == 0:
@@ -68,4 +76,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *map(int, sys.argv[2:]))

@@ -1,11 +1,25 @@
 """Test inputs and the environment of child processes."""
 
+import math
 import os
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+
+def require_triton() -> None:
+    """Skip the calling test (or module) where triton is no dependency of msds.
+
+    On Linux x86_64 it is one, and conftest.py stops the run before any test
+    when it cannot be imported, so there this never skips.
+    """
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        pytest.importorskip("triton", reason="triton is a dependency of msds on Linux x86_64 only")
 
 
 def relu_features(shape, generator, dtype=torch.float64) -> torch.Tensor:
@@ -42,3 +56,94 @@ def subprocess_env(**extra: str) -> dict:
     env = {**os.environ, **extra}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+# Rounding bounds, derived once here. A float type rounds each operation to
+# a relative error of at most its unit roundoff u (float32 2**-24, float16
+# 2**-11, bfloat16 2**-8). A value that went through n roundings of relative
+# size u (every term of the float32 sums it came from: dot products,
+# convolutions; or, for a 16-bit trunk, which accumulates in float32, each
+# layer's stored activations) carries their sum: independent roundings add
+# like a random walk, to a relative error of standard deviation about
+# u * sqrt(n) of the largest entries. A bound allows ten such deviations: the
+# largest of many thousand entries lies within about five, and blocked or
+# transformed convolution algorithms (oneDNN picks others on AVX-512 than on
+# AVX2) round a few more times per term. Errors are measured in the max norm
+# relative to the largest float64 entry, since small entries carry the
+# absolute error of the large ones they were summed with.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def rounding_rtol(roundings: int, dtype: torch.dtype = torch.float32) -> float:
+    """Relative error allowed to a result that went through `roundings` roundings in `dtype`."""
+    return 10 * UNIT_ROUNDOFF[dtype] * math.sqrt(roundings)
+
+
+def score_atol(roundings: int, dtype: torch.dtype = torch.float32, channels: int = 512) -> float:
+    """Error allowed to a score whose features went through `roundings` roundings.
+
+    A score is a mean over tiles of the C x C Grams; one channel's feature
+    error is shared by every tile of its row and column, so the score
+    averages C independent channel errors: 1/sqrt(C) of rounding_rtol.
+    """
+    return rounding_rtol(roundings, dtype) / math.sqrt(channels)
+
+
+def trunk_terms(model, backward: bool = False) -> int:
+    """Terms summed by the trunk's convolutions (3x3 kernels): per output in the
+    forward, per input in the backward too."""
+    convs = [m for m in model.trunk.features if isinstance(m, torch.nn.Conv2d)]
+    forward = sum(9 * c.in_channels for c in convs)
+    return forward + (sum(9 * c.out_channels for c in convs) if backward else 0)
+
+
+def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    """max |got - exact| / max |exact|, in float64."""
+    return ((got.double() - exact.double()).abs().max() / exact.double().abs().max()).item()
+
+
+class _BranchLayer(torch.nn.Module):
+    """A ReLU or a 2x2 max-pool that records which way it went, or replays a record."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.is_pool = isinstance(layer, torch.nn.MaxPool2d)
+        self.record: list = []
+        self.replaying = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.replaying:
+            taken = self.record.pop(0)
+            if self.is_pool:
+                return x.flatten(2).gather(2, taken.flatten(2)).view(taken.shape)
+            return x * taken.to(x.dtype)
+        if self.is_pool:
+            out, taken = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
+        else:
+            out = torch.relu(x)
+            taken = out > 0
+        self.record.append(taken)
+        return out
+
+
+def record_branches(model) -> None:
+    """From now on, the model's trunk records each ReLU's and max-pool's choices."""
+    features = model.trunk.features
+    for i, layer in enumerate(features):
+        if isinstance(layer, (torch.nn.ReLU, torch.nn.MaxPool2d)):
+            features[i] = _BranchLayer(layer)
+
+
+def replay_branches(model) -> None:
+    """From now on, the trunk takes the recorded choices, call by call, whatever its inputs.
+
+    A float32 trunk and a float64 one can take different branches where an
+    activation lies within rounding of zero or two pooled values within
+    rounding of each other: the gradient then jumps (one unit's receptive
+    field gets another gradient), which is no rounding error. A float64 run
+    that replays the float32 run's branches gives the exact gradient of the
+    very function the float32 run differentiated.
+    """
+    for layer in model.trunk.features:
+        if isinstance(layer, _BranchLayer):
+            layer.replaying = True

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import msds
-from helpers import images, relu_features, state_of
+from helpers import images, relu_features, require_triton, state_of
 from msds import reference
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
@@ -84,7 +84,7 @@ def test_lite_normalises_each_gram_by_its_own_size(rng):
 
 def test_fast_path_and_kernels_with_different_sizes(rng):
     # Separate trunk passes where sizes differ; the Triton head (interpreter) reads them in place.
-    pytest.importorskip("triton")
+    require_triton()
     x = images((2, 3, 40, 33), rng)
     y = near(resized(x, (32, 56)), rng)
     expected = msds_level_scores(x, y, state_of(msds.MSDS(levels=2, weights=None)), 2)
@@ -183,7 +183,7 @@ def kernel_features(batch, channels, sizes, generator, dtype=torch.float64):
 
 @pytest.mark.parametrize("batch,channels,sizes", KERNEL_ROWS, ids=KERNEL_IDS)
 def test_kernel_forward_matches_oracle(batch, channels, sizes, rng, device):
-    pytest.importorskip("triton")
+    require_triton()
     fxs, fys = kernel_features(batch, channels, sizes, rng)
     expected = np.stack([deepssim_head(fx, fy) for fx, fy in zip(fxs, fys)], axis=1)
     got = msds.multiscale_gram_ssim([f.to(device) for f in fxs], [f.to(device) for f in fys], backend="triton")
@@ -200,7 +200,7 @@ def test_kernel_forward_matches_oracle(batch, channels, sizes, rng, device):
 
 @pytest.mark.parametrize("batch,channels,sizes", KERNEL_ROWS, ids=KERNEL_IDS)
 def test_kernel_gradients_for_both_images_match_float64_autograd(batch, channels, sizes, rng, device):
-    pytest.importorskip("triton")
+    require_triton()
     fxs, fys = kernel_features(batch, channels, sizes, rng)
     weights = torch.rand(batch, len(sizes), generator=rng, dtype=torch.float64)
 
@@ -211,13 +211,13 @@ def test_kernel_gradients_for_both_images_match_float64_autograd(batch, channels
 
     got = grads(lambda a, b: msds.multiscale_gram_ssim(a, b, backend="triton"), fxs, fys)
     expected = grads(lambda a, b: reference.multiscale_scores(a, b, 1e-6), fxs, fys)
-    for g, e, f in zip(got, expected, fxs + fys):
+    for g, e, f in zip(got, expected, fxs + fys, strict=True):
         assert g.shape == f.shape
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12 * e.abs().max().item())
 
 
 def test_kernel_gradcheck_with_unequal_lengths(rng, device):
-    pytest.importorskip("triton")
+    require_triton()
     fx = relu_features((1, 8, 2, 3), rng).to(device).requires_grad_()
     fy = relu_features((1, 8, 5, 4), rng).to(device).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: msds.gram_ssim(a, b, backend="triton"), (fx, fy), fast_mode=True)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import relu_features
+from helpers import relu_features, require_triton
 from msds import reference
 from oracle import deepssim_head
 
-pytest.importorskip("triton")
+require_triton()
 
 from msds.kernels.gram_ssim import Config, gram_ssim_backward, gram_ssim_forward  # noqa: E402
 
@@ -58,7 +58,7 @@ def test_gradients_match_reference_autograd(config, channels, sizes, rng, device
     (reference.multiscale_scores(leaves, fys, 1e-6) * upstream).sum().backward()
     got = gram_ssim_backward(upstream.to(device), [f.to(device) for f in fxs], [f.to(device) for f in fys],
                              1e-6, config=config)
-    for g, leaf in zip(got, leaves):
+    for g, leaf in zip(got, leaves, strict=True):  # one gradient per level, none missing
         expected = leaf.grad
         torch.testing.assert_close(g.cpu(), expected, rtol=1e-9, atol=1e-12 * expected.abs().max().item())
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import subprocess_env
+from helpers import require_triton, subprocess_env
 
-pytest.importorskip("triton")
+require_triton()
 
 HERE = Path(__file__).parent
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import msds
-from helpers import relu_features
+from helpers import relu_features, require_triton
 from msds import reference
 
-pytest.importorskip("triton")
+require_triton()
 
 ROWS = [
     (1, 4, [(1, 1)]),
@@ -50,7 +50,7 @@ def test_float64_gradients_match_reference_autograd(batch, channels, sizes, rng,
     weights = torch.rand(batch, len(sizes), generator=rng, dtype=torch.float64).to(device)
     got = gradients(kernel, fxs, fys, weights)
     expected = gradients(exact, fxs, fys, weights)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.dtype == torch.float64 and g.shape == e.shape
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12 * e.abs().max().item())
 
@@ -68,7 +68,7 @@ def assert_within_reference_error(fxs, fys, weights, atol):
                       [f.detach().double().requires_grad_() for f in fys], weights)
     got = gradients(kernel, fxs, fys, weights)
     ref = gradients(lambda a, b: reference.multiscale_scores(a, b, 1e-6), fxs, fys, weights)
-    for g, r, t in zip(got, ref, truth):
+    for g, r, t in zip(got, ref, truth, strict=True):
         scale = t.abs().max().item()
         kernel_error = (g.double() - t).abs().max().item() / scale
         reference_error = (r.double() - t).abs().max().item() / scale

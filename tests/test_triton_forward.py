@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import msds
-from helpers import relu_features
+from helpers import relu_features, require_triton
 from msds import reference
 from oracle import deepssim_head
 
-pytest.importorskip("triton")
+require_triton()
 
 # (B, C, per-level (h, w)): C from 4 to 512, 1x1 to 16x16 positions, odd and
 # non-square sizes, one to six levels in one call, C not a multiple of 16.
