@@ -71,7 +71,8 @@ def subprocess_env(**extra: str) -> dict:
 # AVX2) round a few more times per term. Errors are measured in the max norm
 # relative to the largest float64 entry, since small entries carry the
 # absolute error of the large ones they were summed with.
-UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8,
+                 "tf32": 2.0**-10}  # TF32 keeps 10 mantissa bits: 2**-10 whether it truncates or rounds
 
 
 def rounding_rtol(roundings: int, dtype: torch.dtype = torch.float32) -> float:
@@ -87,6 +88,47 @@ def score_atol(roundings: int, dtype: torch.dtype = torch.float32, channels: int
     averages C independent channel errors: 1/sqrt(C) of rounding_rtol.
     """
     return rounding_rtol(roundings, dtype) / math.sqrt(channels)
+
+
+def assert_scores_within_rounding(got, fxs, fys, kind=torch.float32) -> None:
+    """Head scores (B, L) within rounding of the oracle's exact scores of the same inputs.
+
+    Each Gram entry sums K products and each tile 16 entries, in float32;
+    kind "tf32" rounds every operand once more.
+    """
+    from oracle import deepssim_head
+
+    exact = np.stack([deepssim_head(fx, fy) for fx, fy in zip(fxs, fys)], axis=1)
+    error = np.abs(got.double().cpu().numpy() - exact).max()
+    channels = fxs[0].shape[1]
+    positions = max(f[0, 0].numel() for f in list(fxs) + list(fys))
+    bound = score_atol(positions + 16, channels=channels)
+    if kind == "tf32":
+        bound += score_atol(1, "tf32", channels=channels)
+    assert error <= bound, (error, bound)
+
+
+def tile_condition(fxs, fys, eps: float = 1e-6) -> float:
+    """How much the tile statistics amplify a relative error of the Gram entries.
+
+    Centring subtracts a tile's mean, so an error relative to its largest
+    entry becomes max|entry| / spread times larger against its spread, the
+    scale of the score's gradient: the largest such ratio over every tile of
+    the feature maps' Grams (float64, by the oracle's matmul).
+    """
+    from oracle import gram_np
+
+    worst = 0.0
+    for fx, fy in zip(fxs, fys):
+        tiles = []
+        for f in (fx, fy):
+            gram = gram_np(f.detach().cpu().double().numpy())
+            batch, c, _ = gram.shape
+            tiles.append(gram.reshape(batch, c // 4, 4, c // 4, 4).swapaxes(2, 3).reshape(batch, -1, 16))
+        spread = np.sqrt((tiles[0].var(-1) + tiles[1].var(-1) + eps) / 2)
+        largest = np.maximum(np.abs(tiles[0]).max(-1), np.abs(tiles[1]).max(-1))
+        worst = max(worst, float((largest / spread).max()))
+    return worst
 
 
 def trunk_terms(model, backward: bool = False) -> int:
