@@ -62,20 +62,32 @@ def _pick(level, p0, p1, p2, p3, p4, p5):
 
 
 @triton.jit
-def _load_panel(base, rows, k, C, k_len, stride_c, MASK_C: tl.constexpr, MASK_K: tl.constexpr):
-    """Features [rows, k] of one map; zeros past C channels and past the level's end.
+def _panel_pointers(base, rows, k, stride_c, ALIGNED: tl.constexpr):
+    """Pointers to [rows, k] of a map whose positions are contiguous.
 
-    Positions are contiguous, so unmasked loads vectorise.
+    With ALIGNED (the map starts 16-byte aligned, its lengths and strides
+    are multiples of 16 elements, and k steps from multiples of 16) each
+    row's run of positions starts 16-byte aligned: saying so lets the loads
+    vectorise, which the compiler cannot prove from strides read at run time.
     """
-    offsets = rows[:, None] * stride_c + k[None, :]
+    ptrs = base + (rows[:, None] * stride_c + k[None, :])
+    if ALIGNED:
+        ptrs = tl.multiple_of(ptrs, (16, 16))
+    return ptrs
+
+
+@triton.jit
+def _load_panel(base, rows, k, C, k_len, stride_c, MASK_C: tl.constexpr, MASK_K: tl.constexpr, ALIGNED: tl.constexpr):
+    """Features [rows, k] of one map; zeros past C channels and past the level's end."""
+    ptrs = _panel_pointers(base, rows, k, stride_c, ALIGNED)
     if MASK_C and MASK_K:
-        return tl.load(base + offsets, mask=(rows[:, None] < C) & (k[None, :] < k_len), other=0.0)
+        return tl.load(ptrs, mask=(rows[:, None] < C) & (k[None, :] < k_len), other=0.0)
     elif MASK_C:
-        return tl.load(base + offsets, mask=(rows[:, None] < C) & (k[None, :] >= 0), other=0.0)
+        return tl.load(ptrs, mask=(rows[:, None] < C) & (k[None, :] >= 0), other=0.0)
     elif MASK_K:
-        return tl.load(base + offsets, mask=(rows[:, None] >= 0) & (k[None, :] < k_len), other=0.0)
+        return tl.load(ptrs, mask=(rows[:, None] >= 0) & (k[None, :] < k_len), other=0.0)
     else:
-        return tl.load(base + offsets)
+        return tl.load(ptrs)
 
 
 @triton.jit
@@ -97,11 +109,11 @@ def _channel_order(BLOCK_C: tl.constexpr, LOW: tl.constexpr, TILE_ORDER: tl.cons
 @triton.jit
 def _gram_step(
     g, base, rows, cols, k, C, k_len, stride_c,
-    MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr,
+    MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Add one chunk of positions to a Gram block."""
-    a = _load_panel(base, rows, k, C, k_len, stride_c, MASK_C, MASK_K)
-    c = _load_panel(base, cols, k, C, k_len, stride_c, MASK_C, MASK_K)
+    a = _load_panel(base, rows, k, C, k_len, stride_c, MASK_C, MASK_K, ALIGNED)
+    c = _load_panel(base, cols, k, C, k_len, stride_c, MASK_C, MASK_K, ALIGNED)
     return tl.dot(a, tl.trans(c), g, input_precision=PRECISION, out_dtype=g.dtype)
 
 
@@ -109,7 +121,7 @@ def _gram_step(
 def _gram_block(
     base, bi, bj, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Block (bi, bj) of one image's Gram matrix over its k_len positions,
     BLOCK_C x BLOCK_C in ACC precision.
@@ -119,7 +131,9 @@ def _gram_block(
     (4 x 4 maps have 16 positions) does not multiply BLOCK_K positions of
     zeros. TAIL_K = 0 takes one masked step of BLOCK_K, written without a
     loop: the two forms compile to different register allocations, and
-    each launcher takes the one that spills less (tests/sm90.py).
+    each launcher takes the one that spills less (tests/sm90.py). With
+    ALIGNED, lengths are multiples of 16, so 16-position tail steps need no
+    mask.
     """
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
@@ -127,14 +141,16 @@ def _gram_block(
     k_whole = k_len - k_len % BLOCK_K
     ks = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_whole, BLOCK_K):
-        g = _gram_step(g, base, rows, cols, k0 + ks, C, k_len, stride_c, not EVEN_C, False, PRECISION)
+        g = _gram_step(g, base, rows, cols, k0 + ks, C, k_len, stride_c, not EVEN_C, False, PRECISION, ALIGNED)
     if TAIL_K == 0:
         if k_whole < k_len:
-            g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION)
+            g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION,
+                           ALIGNED)
     else:
         tail = tl.arange(0, TAIL_K)
         for k0 in range(k_whole, k_len, TAIL_K):
-            g = _gram_step(g, base, rows, cols, k0 + tail, C, k_len, stride_c, not EVEN_C, True, PRECISION)
+            g = _gram_step(g, base, rows, cols, k0 + tail, C, k_len, stride_c, not EVEN_C,
+                           not (ALIGNED and TAIL_K == 16), PRECISION, ALIGNED)
     return g
 
 
@@ -142,12 +158,14 @@ def _gram_block(
 def _gram_blocks(
     x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Blocks (bi, bj) of both images' Gram matrices; each image has its own
     number of positions (the two need not share a size)."""
-    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
-    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER,
+                     ALIGNED)
+    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER,
+                     ALIGNED)
     return gx, gy
 
 
@@ -219,16 +237,55 @@ def _tiles_within(bi, bj, C, BLOCK_C: tl.constexpr, TILE_ORDER: tl.constexpr):
 
 
 @triton.jit
-def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
-    """This level's feature bases for image b, both lengths and channel strides."""
+def _aligned(v, ALIGNED: tl.constexpr):
+    """v, declared a multiple of 16 when the launcher found every length and stride to be one."""
+    if ALIGNED:
+        v = tl.multiple_of(v, 16)
+    return v
+
+
+@triton.jit
+def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED: tl.constexpr):
+    """This level's feature bases for image b, both lengths and channel strides.
+
+    They come from a table, so the compiler cannot see that they are
+    multiples of 16 unless ALIGNED says so; then each row of a panel starts
+    16-element aligned and its loads vectorise.
+    """
     row = meta_ptr + level * 6  # a row of level_table: x length, strides (b, c), then y's
-    kx_len = tl.load(row).to(tl.int32)
-    x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
-    sxc = tl.load(row + 2).to(tl.int32)
-    ky_len = tl.load(row + 3).to(tl.int32)
-    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 4)
-    syc = tl.load(row + 5).to(tl.int32)
+    kx_len = _aligned(tl.load(row).to(tl.int32), ALIGNED)
+    x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * _aligned(tl.load(row + 1), ALIGNED)
+    sxc = _aligned(tl.load(row + 2).to(tl.int32), ALIGNED)
+    ky_len = _aligned(tl.load(row + 3).to(tl.int32), ALIGNED)
+    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * _aligned(tl.load(row + 4), ALIGNED)
+    syc = _aligned(tl.load(row + 5).to(tl.int32), ALIGNED)
     return x_base, y_base, kx_len, ky_len, sxc, syc
+
+
+@triton.jit
+def _folded_width(C, BLOCK_C: tl.constexpr):
+    """Width of the upper triangle of block pairs folded into a rectangle (see _block_pair)."""
+    nb = tl.cdiv(C, BLOCK_C)
+    return nb + 1 - nb % 2
+
+
+@triton.jit
+def _block_pair(r, c, C, BLOCK_C: tl.constexpr):
+    """Block pair (bi, bj), bi <= bj, at (row r, column c) of the folded triangle.
+
+    Row i of the triangle of nb x nb blocks holds nb - i pairs. Rows i and
+    nb - 1 - i (nb even) or nb - i (nb odd; row 0 alone) together hold
+    _folded_width pairs, so the triangle folds into a rectangle of that
+    width and ceil(nb / 2) rows, which the grid covers exactly: a program
+    finds its pair with a few integer operations, and loads nothing before
+    the features.
+    """
+    nb = tl.cdiv(C, BLOCK_C)
+    partner = nb - 1 - r + nb % 2
+    first = c < nb - r
+    bi = tl.where(first, r, partner)
+    bj = tl.where(first, r + c, partner + c - (nb - r))
+    return bi, bj
 
 
 @triton.jit
@@ -236,63 +293,66 @@ def _gram_ssim_forward_kernel(
     x0, x1, x2, x3, x4, x5,  # per-level features of image x, (B, C, h_l, w_l); unused levels repeat x0
     y0, y1, y2, y3, y4, y5,  # per-level features of image y
     meta_ptr,     # (L, 6) int64 per level: x's length and strides (b, c), then y's
-    pairs_ptr,    # (T, 2) int32 block pairs (bi, bj) with bi <= bj
     partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
     C, L, T, ITEMS,  # ITEMS = T * B * L block pairs to score
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, PERSISTENT: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, PERSISTENT: tl.constexpr,
 ):
-    """One program per (block pair, image and level) on a (T, B * L) grid or,
-    if PERSISTENT, a fixed number of programs that take every num_programs-th
-    one in launch order."""
+    """One program per (block pair, image and level) on a (folded width,
+    folded rows, B * L) grid (see _block_pair) or, if PERSISTENT, a fixed
+    number of programs that take every num_programs-th one in launch order."""
     if PERSISTENT:
+        width = _folded_width(C, BLOCK_C)
         for item in range(tl.program_id(0), ITEMS, tl.num_programs(0)):
-            _score_block_pair(item % T, item // T, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-                              meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
-                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+            pair = item % T
+            _score_block_pair(pair // width, pair % width, item // T, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+                              meta_ptr, partial_ptr, eps_ptr, C, L, T,
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
     else:
-        _score_block_pair(tl.program_id(0), tl.program_id(1), x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-                          meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
-                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+        _score_block_pair(tl.program_id(1), tl.program_id(0), tl.program_id(2),
+                          x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+                          meta_ptr, partial_ptr, eps_ptr, C, L, T,
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
 
 
 @triton.jit
 def _score_block_pair(
-    t, image_level, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-    meta_ptr, pairs_ptr, partial_ptr, eps_ptr, C, L, T,
+    r, c, image_level, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
+    meta_ptr, partial_ptr, eps_ptr, C, L, T,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    """The partial sum of tile scores of block pair t of one image and level."""
+    """The partial sum of tile scores of block pair (r, c) of the folded
+    triangle (see _block_pair), of one image and level."""
     b = image_level // L
     level = image_level % L
-    bi = tl.load(pairs_ptr + 2 * t)
-    bj = tl.load(pairs_ptr + 2 * t + 1)
+    bi, bj = _block_pair(r, c, C, BLOCK_C)
     x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
+        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
     gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
     _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C, TILE_ORDER)
     if not EVEN_C:
         scores = tl.where(_tiles_within(bi, bj, C, BLOCK_C, TILE_ORDER), scores, 0.0)
     total = tl.sum(scores)
     weight = tl.where(bi == bj, 1.0, 2.0)
-    tl.store(partial_ptr + image_level * T + t, total * weight)
+    tl.store(partial_ptr + image_level * T + r * _folded_width(C, BLOCK_C) + c, total * weight)
 
 
 @triton.jit
 def _accumulate_rows(
     out_base, f_base, gbar, bi, bj, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr,
-    TILE_ORDER: tl.constexpr,
+    TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """out[rows bi] (+)= 2 * gbar @ F[rows bj], chunk by chunk along the level.
 
     `out` is this level's contiguous (C, k_len) gradient for one image. The
     program owns these rows, so plain loads and stores suffice; the first
     column block (bj == 0) writes instead of adding. Features are upcast to
-    gbar's precision: gbar is far too small and varied for 16 bits.
+    gbar's precision: gbar is far too small and varied for 16 bits. With
+    ALIGNED and 16-position steps, every step is whole.
     """
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
@@ -300,14 +360,14 @@ def _accumulate_rows(
     gbar2 = 2 * gbar
     for k0 in range(0, k_len, BLOCK_K):
         k = k0 + ks
-        f = _load_panel(f_base, cols, k, C, k_len, stride_c, not EVEN_C, True).to(gbar.dtype)
-        out_offsets = rows[:, None] * k_len + k[None, :]
+        f = _load_panel(f_base, cols, k, C, k_len, stride_c, not EVEN_C, True, ALIGNED).to(gbar.dtype)
+        out = _panel_pointers(out_base, rows, k, k_len, ALIGNED)
         out_mask = (rows[:, None] < C) & (k[None, :] < k_len)
         acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=gbar.dtype)
         if bj > 0:
-            acc = tl.load(out_base + out_offsets, mask=out_mask, other=0.0)
+            acc = tl.load(out, mask=out_mask, other=0.0)
         acc = tl.dot(gbar2, f, acc, input_precision=PRECISION, out_dtype=acc.dtype)
-        tl.store(out_base + out_offsets, acc, mask=out_mask)
+        tl.store(out, acc, mask=out_mask)
 
 
 @triton.jit
@@ -321,7 +381,7 @@ def _gram_ssim_backward_kernel(
     C, L, NB,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr,
     PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """dScore/dx. One program owns row block bi of one (image, level). It
     sweeps every column block bj, recomputes both Gram blocks (bi, bj) and
@@ -339,14 +399,14 @@ def _gram_ssim_backward_kernel(
     b = image_level // L
     level = image_level % L
     x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
+        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
     out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * kx_len
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     for bj in range(0, NB):
         gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER)
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
         factor = _spread(scale * 2 / (16 * denom), TILE_ORDER)
         gbar = tl.reshape(factor * (dy - _spread(score, TILE_ORDER) * dx), (BLOCK_C, BLOCK_C))
@@ -354,7 +414,7 @@ def _gram_ssim_backward_kernel(
             cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
             gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
         _accumulate_rows(out_base, x_base, gbar, bi, bj, kx_len, C, sxc,
-                         BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER)
+                         BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED)
 
 
 # The kernels were defined for the Triton interpreter (TRITON_INTERPRET=1 when
@@ -446,12 +506,17 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channels: int, backward: bool) -> dict:
+def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channels: int, backward: bool,
+                     aligned: bool = True) -> dict:
     """The compile-time arguments of a launch (tests/sm90.py compiles with the same).
 
     A tail as long as BLOCK_K is one step; the forward takes it without a
     loop (TAIL_K = 0) and the backward as a loop of one, the forms that
-    spill least on sm_90 across the supported tritons.
+    spill least on sm_90 across the supported tritons. `aligned`: every
+    length and stride of the maps is a multiple of 16 (see all_aligned);
+    only 64-wide blocks then vectorise their loads (ALIGNED): in 32-wide
+    ones, vector loads made ptxas spill on three of the four supported
+    tritons (tests/sm90.py).
     """
     constants = {
         "BLOCK_C": config.block_c,
@@ -461,6 +526,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
         "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
         "TAIL_K": config.tail_k if backward or config.tail_k < config.block_k else 0,
         "TILE_ORDER": config.tile_order,
+        "ALIGNED": aligned and config.block_c == 64,
     }
     if backward:
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
@@ -488,13 +554,14 @@ def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> 
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=64)
-def block_pairs(channels: int, block_c: int, device: torch.device) -> torch.Tensor:
-    """(T, 2) int32 upper-triangle block pairs (bi, bj), bi <= bj (cached: this
-    runs on every launch, and listing the pairs costs host time)."""
-    blocks = triton.cdiv(channels, block_c)
-    pairs = tuple((i, j) for i in range(blocks) for j in range(i, blocks))
-    return device_constant(pairs, torch.int32, device)
+def all_aligned(maps: Sequence[torch.Tensor]) -> bool:
+    """Whether every flat map starts 16-byte aligned and its length and batch
+    and channel strides are multiples of 16 elements, so that every run of
+    positions a kernel loads starts 16-byte aligned (the kernels then
+    vectorise their loads): true of the trunk's maps whenever h * w is a
+    multiple of 16."""
+    return all(f.data_ptr() % 16 == 0 and f.shape[2] % 16 == 0 and f.stride(0) % 16 == 0 and f.stride(1) % 16 == 0
+               for f in maps)
 
 
 def flat_levels(features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -563,18 +630,19 @@ def gram_ssim_forward(
     config = config or pick_config(channels, fx[0].dtype, precision=precision)
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
-    pairs = block_pairs(channels, config.block_c, device)
-    partials = torch.empty(batch * levels, pairs.shape[0], dtype=acc, device=device)
-    items = pairs.shape[0] * batch * levels
+    blocks = triton.cdiv(channels, config.block_c)
+    pairs = blocks * (blocks + 1) // 2
+    partials = torch.empty(batch * levels, pairs, dtype=acc, device=device)
+    items = pairs * batch * levels
     if config.persistent:
         grid = (min(items, config.persistent * multiprocessors(device)),)
-    else:
-        grid = (pairs.shape[0], batch * levels)
+    else:  # the upper triangle of block pairs folded into a rectangle (see _block_pair)
+        grid = (blocks + 1 - blocks % 2, (blocks + 1) // 2, batch * levels)
     _gram_ssim_forward_kernel[grid](
-        *padded(fx), *padded(fy), level_table(fx, fy), pairs, partials,
+        *padded(fx), *padded(fy), level_table(fx, fy), partials,
         device_constant((eps,), acc, device),
-        channels, levels, pairs.shape[0], items,
-        **kernel_constants(config, fx[0].dtype, precision, channels, backward=False),
+        channels, levels, pairs, items,
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=False, aligned=all_aligned(fx + fy)),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -616,7 +684,7 @@ def gram_ssim_backward(
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
         device_constant((eps,), acc, device),
         channels, levels, blocks,
-        **kernel_constants(config, fx[0].dtype, precision, channels, backward=True),
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=True, aligned=all_aligned(fx + fy)),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

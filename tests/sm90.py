@@ -1,8 +1,10 @@
 """Compile the head's kernels for Hopper (sm_90) without a GPU and read their resources.
 
 Run as a script (without TRITON_INTERPRET) it prints one JSON line per kernel
-configuration: registers, stack (spills), shared memory. tests/test_sm90_compile.py
-runs it in a subprocess, because the test session itself uses the interpreter.
+configuration: registers, stack (spills), shared memory, and from the PTX its
+length and its global loads by width (vector_loads: 8 bytes or more a load;
+scalar_loads: 2 or 4). tests/test_sm90_compile.py runs it in a subprocess,
+because the test session itself uses the interpreter.
 """
 
 from __future__ import annotations
@@ -29,15 +31,20 @@ TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16:
 
 
 def configurations():
-    """Every (dtype, precision, channels) class the launchers distinguish.
+    """Every (dtype, precision, channels, aligned) class the launchers distinguish.
 
     Channel counts stand for each BLOCK_C the rule picks (16, 32, 64), with
-    and without a partial last block (EVEN_C).
+    and without a partial last block (EVEN_C); aligned maps (every length
+    and stride a multiple of 16) and others, where the kernels tell them
+    apart (ALIGNED).
     """
     for dtype in TORCH_TO_TRITON:
         precisions = K.PRECISIONS if dtype == torch.float32 else ("ieee",)
         for precision, channels in itertools.product(precisions, (12, 16, 32, 512)):
-            yield dtype, precision, channels
+            config = K.pick_config(channels, dtype, precision=precision)
+            for aligned in {K.kernel_constants(config, dtype, precision, channels, False, aligned)["ALIGNED"]
+                            for aligned in (True, False)}:
+                yield dtype, precision, channels, aligned
 
 
 def resources(kernel) -> dict:
@@ -57,6 +64,21 @@ def resources(kernel) -> dict:
         "registers": int(usage["REG"]),
         "stack": int(usage["STACK"]) + int(usage["LOCAL"]),
         "shared": int(kernel.metadata.shared),
+        **global_loads(kernel.asm["ptx"]),
+    }
+
+
+# ld.global[.modifiers][.vN].{b,f,u,s}BITS: N elements of BITS bits a load.
+LOAD = re.compile(r"\bld\.global(?:\.[\w:]+?)*?(?:\.v(\d))?\.[bfus](\d+)\b")
+
+
+def global_loads(ptx: str) -> dict:
+    """PTX length and global load instructions by bytes a load: vector (8 or more), scalar (2 or 4)."""
+    widths = [int(elements or 1) * int(bits) // 8 for elements, bits in LOAD.findall(ptx)]
+    return {
+        "vector_loads": sum(width >= 8 for width in widths),
+        "scalar_loads": sum(width in (2, 4) for width in widths),
+        "ptx_lines": ptx.count("\n"),
     }
 
 
@@ -72,19 +94,19 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
     return resources(kernel)
 
 
-def compile_forward(dtype: torch.dtype, precision: str, channels: int) -> dict:
+def compile_forward(dtype: torch.dtype, precision: str, channels: int, aligned: bool) -> dict:
     config = K.pick_config(channels, dtype, precision=precision)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
-        **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64", "pairs_ptr": "*i32",
+        **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64",
         "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32", "ITEMS": "i32",
     }
-    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=False)
+    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=False, aligned=aligned)
     return _compile(K._gram_ssim_forward_kernel, signature, constexprs, config)
 
 
-def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
+def compile_backward(dtype: torch.dtype, precision: str, channels: int, aligned: bool) -> dict:
     config = K.pick_config(channels, dtype, backward=True, precision=precision)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
@@ -92,20 +114,21 @@ def compile_backward(dtype: torch.dtype, precision: str, channels: int) -> dict:
         **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc),
         "meta_ptr": "*i64", "grad_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "NB": "i32",
     }
-    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=True)
+    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=True, aligned=aligned)
     return _compile(K._gram_ssim_backward_kernel, signature, constexprs, config)
 
 
 def main() -> None:
     only = sys.argv[1:]  # optional filter: forward / backward
-    for dtype, precision, channels in configurations():
+    for dtype, precision, channels, aligned in configurations():
         block_c = K.pick_config(channels, dtype).block_c
-        row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c}
+        row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c,
+               "aligned": aligned}
         if not only or "forward" in only:
-            usage = compile_forward(dtype, precision, channels)
+            usage = compile_forward(dtype, precision, channels, aligned)
             print(json.dumps({"kernel": "forward", **row, **usage}), flush=True)
         if not only or "backward" in only:
-            usage = compile_backward(dtype, precision, channels)
+            usage = compile_backward(dtype, precision, channels, aligned)
             print(json.dumps({"kernel": "backward", **row, **usage}), flush=True)
 
 

@@ -13,6 +13,10 @@ from oracle import deepssim_head
 
 require_triton()
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from msds.kernels import gram_ssim as kernels  # noqa: E402
 from msds.kernels.gram_ssim import Config, gram_ssim_backward, gram_ssim_forward  # noqa: E402
 
 # (config, channels, per-level sizes): tile order with C not a multiple of
@@ -72,3 +76,56 @@ def test_impossible_configs_are_refused():
         Config(32, 32, 4, 1, tail_k=8)
     with pytest.raises(ValueError, match="persistent must be >= 0 programs per multiprocessor, got -1"):
         Config(32, 32, 4, 1, persistent=-1)
+
+
+@triton.jit
+def _block_pairs_kernel(out, C, BLOCK_C: tl.constexpr):
+    r = tl.program_id(1)
+    c = tl.program_id(0)
+    bi, bj = kernels._block_pair(r, c, C, BLOCK_C)
+    t = r * kernels._folded_width(C, BLOCK_C) + c
+    tl.store(out + 2 * t, bi)
+    tl.store(out + 2 * t + 1, bj)
+
+
+@pytest.mark.parametrize("blocks", range(1, 12))
+def test_folded_grid_covers_every_block_pair_once(blocks, device):
+    # The forward's grid folds the upper triangle of block pairs into a
+    # rectangle; every pair (bi <= bj) must come out exactly once.
+    width, rows = blocks + 1 - blocks % 2, (blocks + 1) // 2
+    out = torch.full((width * rows, 2), -1, dtype=torch.int32, device=device)
+    _block_pairs_kernel[(width, rows)](out, 16 * blocks - 4, BLOCK_C=16)  # a partial last block too
+    got = sorted(map(tuple, out.cpu().tolist()))
+    assert got == [(i, j) for i in range(blocks) for j in range(i, blocks)]
+
+
+def offset_copy(f, elements):
+    """f's values `elements` past the start of a buffer: the same map, not 16-byte aligned."""
+    buffer = torch.empty(f.numel() + elements, dtype=f.dtype, device=f.device)
+    view = buffer[elements:].view(f.shape)
+    view.copy_(f)
+    return view
+
+
+def test_aligned_and_unaligned_maps_give_the_same_exact_results(rng, device):
+    # 64 channels of 4x4 and 8x4 maps: every length and stride a multiple of
+    # 16, so the kernels take vector loads (ALIGNED); the same values one
+    # element into a buffer take the general path. Both match the oracle and
+    # float64 autograd.
+    fxs, fys = pairs(64, [(4, 4), (8, 4)], rng)
+    fxs, fys = [f.to(device) for f in fxs], [f.to(device) for f in fys]
+    moved = [offset_copy(f, 1) for f in fxs], [offset_copy(f, 1) for f in fys]
+    assert kernels.all_aligned(kernels.flat_levels(fxs + fys))
+    assert not kernels.all_aligned(kernels.flat_levels(moved[0] + moved[1]))
+    assert kernels.kernel_constants(Config(64, 16, 4, 1, tile_order=True), torch.float64, "ieee", 64, False)["ALIGNED"]
+    exact = np.stack([deepssim_head(fx, fy) for fx, fy in zip(fxs, fys)], axis=1)
+    upstream = torch.rand(2, 2, generator=rng, dtype=torch.float64)
+    leaves = [f.cpu().clone().requires_grad_() for f in fxs]
+    (reference.multiscale_scores(leaves, [f.cpu() for f in fys], 1e-6) * upstream).sum().backward()
+    for config in (Config(64, 16, 4, 1, tile_order=True), Config(64, 32, 4, 1, tile_order=True, tail_k=16)):
+        for xs, ys in ((fxs, fys), moved):
+            got = gram_ssim_forward(xs, ys, 1e-6, config=config)
+            np.testing.assert_allclose(got.cpu().numpy(), exact, rtol=0, atol=1e-10)
+            grads = gram_ssim_backward(upstream.to(device), xs, ys, 1e-6, config=config)
+            for g, leaf in zip(grads, leaves, strict=True):
+                torch.testing.assert_close(g.cpu(), leaf.grad, rtol=1e-9, atol=1e-12 * leaf.grad.abs().max().item())
