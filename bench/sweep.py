@@ -68,7 +68,8 @@ def grid(workload: Workload) -> List[Config]:
     Each block shape runs in plain order with one tail step (the layout of
     the first sweeps) and in tile order with 16-position tail steps. The
     forward's 64-wide, 4-warp, 1-stage shapes in tile order also run as a
-    persistent grid of 2 and 4 programs per multiprocessor.
+    persistent grid of 2 and 4 programs per multiprocessor, and with 2 and 4
+    block pairs per program (group).
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
@@ -77,10 +78,28 @@ def grid(workload: Workload) -> List[Config]:
     shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
     configs = [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
     if not workload.backward:
-        configs += [replace(config, persistent=programs) for config in configs
-                    if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1
-                    for programs in (2, 4)]
+        wide = [config for config in configs
+                if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1]
+        configs += [replace(config, persistent=programs) for config in wide for programs in (2, 4)]
+        configs += [replace(config, group=pairs) for config in wide for pairs in (2, 4)]
     return configs
+
+
+def options(rule: Config, backward: bool) -> List[Config]:
+    """The rule, the earlier rule, and the rule with each option the rule does
+    not take yet (forward: persistent grids, groups of block pairs)."""
+    configs = [rule, layout(rule, False)]
+    if not backward:
+        configs += [replace(rule, persistent=programs) for programs in (2, 4)]
+        configs += [replace(rule, group=pairs) for pairs in (2, 4)]
+    return configs
+
+
+def options_grid(workload: Workload) -> List[Config]:
+    """The "options" subset: every option against the current rule, nothing else."""
+    rule = kernels.pick_config(CHANNELS, DTYPES[workload.dtype], backward=workload.backward,
+                               precision=workload.precision)
+    return options(rule, workload.backward)
 
 
 def layout(config: Config, tiles: bool) -> Config:
@@ -96,7 +115,7 @@ def smoke_workloads() -> List[Workload]:
 
 def smoke_grid(workload: Workload) -> List[Config]:
     configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True)]
-    return configs if workload.backward else configs + [Config(32, 32, 4, 1, persistent=2)]
+    return configs if workload.backward else configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2)]
 
 
 # --- inputs and the functions timed ---------------------------------------------------------------
@@ -287,16 +306,18 @@ def precision_speeds(device: torch.device, channels: int, smoke: bool) -> List[d
 
 
 def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
-    """The forward on each level alone, by the rule and by the earlier rule:
-    where a multi-level launch spends its time. Every level has the same
-    number of programs and the same tile statistics to reduce, so the levels
-    with few positions show the cost that does not scale with the positions
-    (statistics, launch and setup)."""
+    """The forward on each level alone, by the rule, the earlier rule and each
+    option: where a multi-level launch spends its time. Every level has the
+    same number of programs and the same tile statistics to reduce, so the
+    levels with few positions show the cost that does not scale with the
+    positions (statistics, launch and setup)."""
     rows = []
     for base in (smoke_workloads()[:1] if smoke else WORKLOADS[:2]):
         fxs, fys = features(base, device, channels)
         rule = kernels.pick_config(channels, DTYPES[base.dtype], precision=base.precision)
-        for name, config in (("rule", rule), ("earlier rule", layout(rule, False))):
+        for index, config in enumerate(options(rule, False)):
+            name = (["rule", "earlier rule"][index] if index < 2
+                    else f"persistent x{config.persistent}" if config.persistent else f"group {config.group}")
             for level, size in enumerate(base.sizes):
                 one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
                 call = kernel_call(one, config, fxs[level:level + 1], fys[level:level + 1])
@@ -308,8 +329,9 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
 def describe(config: dict) -> str:
     order = "tiles" if config["tile_order"] else "plain"
     persistent = f" persistent x{config['persistent']}" if config.get("persistent") else ""
+    group = f" group {config['group']}" if config.get("group", 1) > 1 else ""
     return (f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']} "
-            f"{order} tail{config['tail_k']:<3d}{persistent}")
+            f"{order} tail{config['tail_k']:<3d}{persistent}{group}")
 
 
 def print_workload(result: dict) -> None:
@@ -333,11 +355,17 @@ def print_workload(result: dict) -> None:
           f"x{result['reference_ms'] / result['rule_ms']:.1f} the reference")
 
 
+SUBSETS = {"options": options_grid}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="CPU dry run with a tiny grid (interpreter)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", help="run the workloads whose name contains this text")
+    parser.add_argument("--subset", choices=sorted(SUBSETS),
+                        help="a named set of configurations instead of the full grid: " + "; ".join(
+                            f"{name}: {grid_fn.__doc__.split(':', 1)[1].strip()}" for name, grid_fn in SUBSETS.items()))
     return parser.parse_args()
 
 
@@ -351,7 +379,8 @@ def main() -> int:
     channels = 16 if args.smoke else CHANNELS
     workloads = smoke_workloads() if args.smoke else WORKLOADS
     workloads = [w for w in workloads if args.only is None or args.only in w.name]
-    grids = {w: (smoke_grid(w) if args.smoke else grid(w)) for w in workloads}
+    grid_fn = smoke_grid if args.smoke else SUBSETS.get(args.subset, grid)
+    grids = {w: grid_fn(w) for w in workloads}
     started = time.time()
     card = ceilings(device)
     print("card:", torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",

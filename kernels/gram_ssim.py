@@ -293,51 +293,68 @@ def _gram_ssim_forward_kernel(
     x0, x1, x2, x3, x4, x5,  # per-level features of image x, (B, C, h_l, w_l); unused levels repeat x0
     y0, y1, y2, y3, y4, y5,  # per-level features of image y
     meta_ptr,     # (L, 6) int64 per level: x's length and strides (b, c), then y's
-    partial_ptr,  # (B * L, T) partial sums of tile scores, ACC dtype
+    partial_ptr,  # (B * L, programs per image and level, or T if PERSISTENT) partial sums, ACC dtype
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
     C, L, T, ITEMS,  # ITEMS = T * B * L block pairs to score
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, PERSISTENT: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
-    """One program per (block pair, image and level) on a (folded width,
-    folded rows, B * L) grid (see _block_pair) or, if PERSISTENT, a fixed
-    number of programs that take every num_programs-th one in launch order."""
+    """One program per GROUP block pairs side by side in a row of the folded
+    triangle (see _block_pair), and per image and level, on a (folded width
+    / GROUP, folded rows, B * L) grid; or, if PERSISTENT, a fixed number of
+    programs that take every num_programs-th pair in launch order. Each
+    program writes one partial sum: partial_ptr is (B * L, T) with T the
+    pair count, or the program count per image and level when GROUP > 1.
+
+    A group shares its setup (the level table, the image's bases), mostly
+    its row panels (the pairs of a folded row up to the fold share bi), and
+    is unrolled, so the next pair's loads can be issued while the current
+    pair's statistics run.
+    """
+    width = _folded_width(C, BLOCK_C)
+    eps = tl.load(eps_ptr)
     if PERSISTENT:
-        width = _folded_width(C, BLOCK_C)
         for item in range(tl.program_id(0), ITEMS, tl.num_programs(0)):
             pair = item % T
-            _score_block_pair(pair // width, pair % width, item // T, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-                              meta_ptr, partial_ptr, eps_ptr, C, L, T,
-                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+            image_level = item // T
+            x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
+                meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
+            total = _score_block_pair(pair // width, pair % width, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
+                                      BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+            tl.store(partial_ptr + item, total)
     else:
-        _score_block_pair(tl.program_id(1), tl.program_id(0), tl.program_id(2),
-                          x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-                          meta_ptr, partial_ptr, eps_ptr, C, L, T,
-                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+        image_level = tl.program_id(2)
+        r = tl.program_id(1)
+        x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
+            meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
+        total = _score_block_pair(r, tl.program_id(0) * GROUP, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
+                                  BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+        for g in tl.static_range(1, GROUP):
+            c = tl.program_id(0) * GROUP + g
+            if c < width:
+                total += _score_block_pair(r, c, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
+                                           BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+        programs = tl.num_programs(0) * tl.num_programs(1)
+        tl.store(partial_ptr + image_level * programs + r * tl.num_programs(0) + tl.program_id(0), total)
 
 
 @triton.jit
 def _score_block_pair(
-    r, c, image_level, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5,
-    meta_ptr, partial_ptr, eps_ptr, C, L, T,
+    r, c, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    """The partial sum of tile scores of block pair (r, c) of the folded
-    triangle (see _block_pair), of one image and level."""
-    b = image_level // L
-    level = image_level % L
+    """The sum of tile scores of block pair (r, c) of the folded triangle
+    (see _block_pair) of one image and level (its maps as _level_setup
+    gives them), counted twice off the diagonal."""
     bi, bj = _block_pair(r, c, C, BLOCK_C)
-    x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
     gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
                           BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
-    _, _, scores, _ = _centred_tiles(gx, gy, tl.load(eps_ptr), BLOCK_C, TILE_ORDER)
+    _, _, scores, _ = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
     if not EVEN_C:
         scores = tl.where(_tiles_within(bi, bj, C, BLOCK_C, TILE_ORDER), scores, 0.0)
-    total = tl.sum(scores)
-    weight = tl.where(bi == bj, 1.0, 2.0)
-    tl.store(partial_ptr + image_level * T + r * _folded_width(C, BLOCK_C) + c, total * weight)
+    return tl.sum(scores) * tl.where(bi == bj, 1.0, 2.0)
 
 
 @triton.jit
@@ -431,6 +448,7 @@ class Config:
     tile_order: bool = False  # rows and columns in tile order (see _channel_order); block_c >= 32
     tail_k: int = 16  # positions per masked step past the last whole block_k; divides block_k
     persistent: int = 0  # forward only: programs per multiprocessor, each looping over the work; 0: one per item
+    group: int = 1  # forward only: block pairs per program, side by side in a row of the folded triangle
 
     def __post_init__(self):
         if self.tile_order and self.block_c < 32:
@@ -439,6 +457,9 @@ class Config:
             raise ValueError(f"tail_k must be at least 16 and divide block_k ({self.block_k}), got {self.tail_k}")
         if self.persistent < 0:
             raise ValueError(f"persistent must be >= 0 programs per multiprocessor, got {self.persistent}")
+        if self.group < 1 or (self.group > 1 and self.persistent):
+            raise ValueError(f"group must be >= 1 block pairs per program, and 1 with a persistent grid, "
+                             f"got {self.group} (persistent {self.persistent})")
 
 
 def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, precision: str = "tf32x3") -> Config:
@@ -532,6 +553,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
     else:
         constants["PERSISTENT"] = config.persistent > 0
+        constants["GROUP"] = config.group
     return constants
 
 
@@ -632,12 +654,13 @@ def gram_ssim_forward(
     device = fx[0].device
     blocks = triton.cdiv(channels, config.block_c)
     pairs = blocks * (blocks + 1) // 2
-    partials = torch.empty(batch * levels, pairs, dtype=acc, device=device)
     items = pairs * batch * levels
     if config.persistent:
         grid = (min(items, config.persistent * multiprocessors(device)),)
+        partials = torch.empty(batch * levels, pairs, dtype=acc, device=device)
     else:  # the upper triangle of block pairs folded into a rectangle (see _block_pair)
-        grid = (blocks + 1 - blocks % 2, (blocks + 1) // 2, batch * levels)
+        grid = (triton.cdiv(blocks + 1 - blocks % 2, config.group), (blocks + 1) // 2, batch * levels)
+        partials = torch.empty(batch * levels, grid[0] * grid[1], dtype=acc, device=device)
     _gram_ssim_forward_kernel[grid](
         *padded(fx), *padded(fy), level_table(fx, fy), partials,
         device_constant((eps,), acc, device),

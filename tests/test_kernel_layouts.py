@@ -35,6 +35,13 @@ PERSISTENT = [
     (Config(32, 32, 4, 1, tile_order=True, persistent=1), 64, [(5, 5), (3, 1)]),
     (Config(32, 16, 4, 1, tile_order=False, persistent=3), 100, [(2, 3)]),
 ]
+# Groups of block pairs per program: dividing the folded width or not, even
+# and odd block counts (16 x 16 blocks: 7 of them at C = 100, 4 at 64).
+GROUPED = [
+    (Config(16, 16, 4, 1, group=2), 100, [(5, 5), (3, 1)]),
+    (Config(16, 16, 4, 1, group=3), 64, [(4, 4), (2, 2)]),
+    (Config(32, 32, 4, 1, tile_order=True, tail_k=16, group=4), 100, [(7, 6)]),
+]
 IDS = [f"C{c}-{'tiles' if cfg.tile_order else 'plain'}-{cfg.block_c}x{cfg.block_k}-tail{cfg.tail_k}"
        for cfg, c, _ in CASES]
 
@@ -45,8 +52,9 @@ def pairs(channels, sizes, generator):
     return fxs, fys
 
 
-@pytest.mark.parametrize("config,channels,sizes", CASES + PERSISTENT,
-                         ids=IDS + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT])
+@pytest.mark.parametrize("config,channels,sizes", CASES + PERSISTENT + GROUPED,
+                         ids=IDS + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT]
+                         + [f"C{c}-{cfg.block_c}wide-group{cfg.group}" for cfg, c, _ in GROUPED])
 def test_scores_match_the_oracle(config, channels, sizes, rng, device):
     fxs, fys = pairs(channels, sizes, rng)
     got = gram_ssim_forward([f.to(device) for f in fxs], [f.to(device) for f in fys], 1e-6, config=config)
@@ -76,6 +84,10 @@ def test_impossible_configs_are_refused():
         Config(32, 32, 4, 1, tail_k=8)
     with pytest.raises(ValueError, match="persistent must be >= 0 programs per multiprocessor, got -1"):
         Config(32, 32, 4, 1, persistent=-1)
+    with pytest.raises(ValueError, match=r"group must be >= 1 block pairs per program.*got 0"):
+        Config(32, 32, 4, 1, group=0)
+    with pytest.raises(ValueError, match=r"and 1 with a persistent grid, got 2 \(persistent 2\)"):
+        Config(32, 32, 4, 1, group=2, persistent=2)
 
 
 @triton.jit

@@ -32,7 +32,8 @@ def test_every_configuration_was_compiled(report):
     import sm90
 
     expected = 2 * len(list(sm90.configurations()))  # a forward and a backward kernel each
-    assert len(report) == expected
+    assert len(report) == expected + len(list(sm90.option_rows()))
+    assert {str(row["option"]) for row in report if "option" in row} == {str(o) for o in sm90.FORWARD_OPTIONS}
     assert {row["block_c"] for row in report} == {16, 32, 64}
 
 
@@ -62,6 +63,7 @@ def test_aligned_maps_load_in_vectors(report):
     # (bench/results/h100-notes.md, "Setup and alignment").
     rows = [row for row in report if row["kernel"] == "forward" and row["channels"] == 512 and row["aligned"]]
     assert {row["dtype"] for row in rows} == {"torch.float32", "torch.float16", "torch.bfloat16"}
+    assert any("option" in row for row in rows)
     for row in rows:
         assert row["scalar_loads"] <= 1 and row["vector_loads"] >= 16, row
     unaligned = [row for row in report if row["kernel"] == "forward" and row["channels"] == 512 and not row["aligned"]
