@@ -8,6 +8,7 @@ implementations, chosen per call from the tensors' device: the reference
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -101,12 +102,23 @@ def multiscale_gram_ssim(
                 f"({_checks.describe(first)}), got {_checks.describe(fx)}"
             )
     head = select_head(backend, fxs[0].device, len(fxs))
-    device_type = fxs[0].device.type
+    with _fp32_statistics(fxs[0].device.type):
+        return head(list(fxs), list(fys), eps, precision)
+
+
+def lite_score(fx: torch.Tensor, fy: torch.Tensor, eps: float) -> torch.Tensor:
+    """DeepSSIM-Lite's head, (B,): Grams and statistics in fp32 (fp64 for fp64
+    features) under autocast too, like every other head."""
+    with _fp32_statistics(fx.device.type):
+        return reference.lite_level_score(fx, fy, eps)
+
+
+def _fp32_statistics(device_type: str):
+    """Autocast switched off where it is on: it would recast the heads' fp32
+    Gram products to 16 bits."""
     if not _autocast_enabled(device_type):
-        return head(list(fxs), list(fys), eps, precision)
-    # Autocast would recast the reference's fp32 Gram products to 16 bits.
-    with torch.autocast(device_type=device_type, enabled=False):
-        return head(list(fxs), list(fys), eps, precision)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def _autocast_enabled(device_type: str) -> bool:

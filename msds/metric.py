@@ -14,10 +14,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from msds import _checks, fastpath, reference
+from msds import _checks, fastpath
 from msds.backbone import VGG16Trunk
 from msds.fusion import load_fusion
-from msds.head import multiscale_gram_ssim
+from msds.head import lite_score, multiscale_gram_ssim
 from msds.pyramid import image_pyramid
 from msds.weights import WeightsArg
 
@@ -337,7 +337,7 @@ class DeepSSIM(_DeepFeatureMetric):
             mask_y = _checks.check_mask("mask_y", mask_y, y)
         (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
         if self.lite:
-            return reference.lite_level_score(fx, fy, self.eps)
+            return lite_score(fx, fy, self.eps)
         backend = self._backend(self._is_fast(x))
         return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=backend, precision=self.precision)[:, 0]
 
