@@ -65,17 +65,22 @@ def level_header(levels: int) -> List[str]:
 
 
 class ReferenceCache:
-    """The trunk features of the last reference, reused while pairs share it."""
+    """The trunk features of the last reference (with its saliency mask, if
+    any), reused while pairs share it."""
 
-    def __init__(self, model: MSDS, device: str) -> None:
+    def __init__(self, model: Union[MSDS, DeepSSIM], device: str) -> None:
         self.model, self.device = model, device
-        self.path: Optional[Path] = None
+        self.key: Optional[Tuple[Path, Optional[Path]]] = None
 
-    def get(self, path: Path):
-        if path != self.path:
+    def get(self, path: Path, mask: Optional[Path] = None):
+        if (path, mask) != self.key:
             image = load_image_for(path, self.model.levels)
-            self.features = self.model.precompute(image.to(self.device))
-            self.path = path
+            if mask is None:
+                self.features = self.model.precompute(image.to(self.device))
+            else:
+                self.features = self.model.precompute(image.to(self.device),
+                                                      load_mask(mask, image, path).to(self.device))
+            self.key = (path, mask)
         return self.features
 
 
@@ -89,16 +94,13 @@ def score_pair(model: MSDS, cache: ReferenceCache, ref: Path, dist: Path, device
 
 
 @torch.no_grad()
-def score_deepssim_pair(model: DeepSSIM, ref: Path, dist: Path, masks: Optional[Tuple[Path, Path]],
-                        device: str) -> torch.Tensor:
+def score_deepssim_pair(model: DeepSSIM, cache: ReferenceCache, ref: Path, dist: Path,
+                        masks: Optional[Tuple[Path, Path]], device: str) -> torch.Tensor:
     """(1,) DeepSSIM (or Lite) score of one file pair, saliency-calibrated when masks are given."""
-    y, x = load_image_for(ref, 1), load_image_for(dist, 1)
-    mask_y = mask_x = None
-    if masks is not None:
-        mask_y, mask_x = (load_mask(path, image, image_path)
-                          for path, image, image_path in zip(masks, (y, x), (ref, dist)))
-        mask_y, mask_x = mask_y.to(device), mask_x.to(device)
-    return model(x.to(device), y.to(device), mask_x, mask_y).double().cpu()
+    reference = cache.get(ref, None if masks is None else masks[0])
+    x = load_image_for(dist, 1)
+    mask_x = None if masks is None else load_mask(masks[1], x, dist).to(device)
+    return model(x.to(device), reference, mask_x).double().cpu()
 
 
 def mask_pairs(pairs: Sequence[Tuple[Path, Path]], ref_mask: Path, dist_mask: Path) -> List[Tuple[Path, Path]]:
@@ -129,9 +131,10 @@ def run_score(args: argparse.Namespace) -> None:
         header, levels = level_header(args.levels), args.levels
     else:
         model = build_deepssim(metric == "lite", weights_arg(args.weights), args.device)
+        cache = ReferenceCache(model, args.device)
 
         def score(ref: Path, dist: Path, masks: Optional[Tuple[Path, Path]]) -> torch.Tensor:
-            return score_deepssim_pair(model, ref, dist, masks, args.device)
+            return score_deepssim_pair(model, cache, ref, dist, masks, args.device)
 
         header, levels = [METRIC_NAMES[metric]], None
     masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)

@@ -26,8 +26,9 @@ from msds.weights import WeightsArg
 class ReferenceFeatures:
     """A reference image's per-level trunk features, computed once and reused.
 
-    Made by `MSDS.precompute(y)`; pass it in place of `y` to score many
-    images against the same reference without rerunning the trunk on it.
+    Made by `MSDS.precompute(y)` or `DeepSSIM.precompute(y, mask_y)`; pass it
+    in place of `y` to score many images against the same reference without
+    rerunning the trunk on it.
     """
 
     features: Tuple[torch.Tensor, ...]  # per level, (B_ref, 512, h_l, w_l)
@@ -114,6 +115,37 @@ class _DeepFeatureMetric(nn.Module):
                 return self.trunk(images, mask)
             weights = {name: p.to(dtype) for name, p in self.trunk.named_parameters()}
             return torch.func.functional_call(self.trunk, weights, (images, mask))
+
+    def _precompute(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> ReferenceFeatures:
+        _checks.check_image("y", y, self.levels, self.check_range)
+        fast = self._is_fast(y)
+        # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
+        features = tuple(self._run_trunk(level, fast, mask if index == 0 else None).contiguous()
+                         for index, level in enumerate(self._pyramid(y)))
+        return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
+
+    def _reference_pair(
+        self, x: torch.Tensor, ref: ReferenceFeatures, mask_x: Optional[torch.Tensor] = None
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Trunk features of x at every level, and the precomputed reference's, broadcast to x's batch."""
+        _checks.check_image("x", x, self.levels, self.check_range)
+        ref_batch = ref.image_shape[0]
+        if len(ref.features) != self.levels:
+            raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
+        if ref_batch not in (1, x.shape[0]):
+            raise ValueError(
+                f"x: expected a batch of {ref_batch} images like the precomputed reference "
+                f"{tuple(ref.image_shape)} (or a reference batch of 1, which broadcasts), got {tuple(x.shape)}"
+            )
+        if x.device != ref.device or x.dtype != ref.dtype:
+            raise ValueError(
+                f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
+            )
+        fast = self._is_fast(x)
+        fxs = [self._run_trunk(level, fast, mask_x if index == 0 else None)
+               for index, level in enumerate(self._pyramid(x))]
+        fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
+        return fxs, fys
 
     def _pair_features(
         self,
@@ -225,30 +257,7 @@ class MSDS(_DeepFeatureMetric):
         A batch of one reference is broadcast against any batch of `x`, and
         `x` may have any size of its own.
         """
-        _checks.check_image("y", y, self.levels, self.check_range)
-        fast = self._is_fast(y)
-        # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
-        features = tuple(self._run_trunk(level, fast).contiguous() for level in self._pyramid(y))
-        return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
-
-    def _reference_pair(self, x: torch.Tensor, ref: ReferenceFeatures) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        _checks.check_image("x", x, self.levels, self.check_range)
-        ref_batch = ref.image_shape[0]
-        if len(ref.features) != self.levels:
-            raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
-        if ref_batch not in (1, x.shape[0]):
-            raise ValueError(
-                f"x: expected a batch of {ref_batch} images like the precomputed reference "
-                f"{tuple(ref.image_shape)} (or a reference batch of 1, which broadcasts), got {tuple(x.shape)}"
-            )
-        if x.device != ref.device or x.dtype != ref.dtype:
-            raise ValueError(
-                f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
-            )
-        fast = self._is_fast(x)
-        fxs = [self._run_trunk(level, fast) for level in self._pyramid(x)]
-        fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
-        return fxs, fys
+        return self._precompute(y)
 
     def level_scores(self, x: torch.Tensor, y: Union[torch.Tensor, ReferenceFeatures]) -> torch.Tensor:
         """Per-level DeepSSIM scores (B, L) of images x against references y.
@@ -322,20 +331,39 @@ class DeepSSIM(_DeepFeatureMetric):
     def extra_repr(self) -> str:
         return f"lite={self.lite}, as_loss={self.as_loss}, reduction={self.reduction!r}, backend={self.backend!r}"
 
+    @torch.no_grad()
+    def precompute(self, y: torch.Tensor, mask_y: Optional[torch.Tensor] = None) -> ReferenceFeatures:
+        """Trunk features of reference images (B_ref, 3, H, W), with their
+        saliency masks if any, for reuse as `y` (see MSDS.precompute)."""
+        if mask_y is not None:
+            mask_y = _checks.check_mask("mask_y", mask_y, y)
+        return self._precompute(y, mask_y)
+
     def score(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
+        y: Union[torch.Tensor, ReferenceFeatures],
         mask_x: Optional[torch.Tensor] = None,
         mask_y: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Per-image DeepSSIM scores (B,), unreduced and never as a loss."""
-        _checks.check_images(x, y, 1, self.check_range)
-        if mask_x is not None:
-            mask_x = _checks.check_mask("mask_x", mask_x, x)
-        if mask_y is not None:
-            mask_y = _checks.check_mask("mask_y", mask_y, y)
-        (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
+        """Per-image DeepSSIM scores (B,), unreduced and never as a loss.
+
+        `y` may be the ReferenceFeatures of `precompute` (its mask applied there).
+        """
+        if isinstance(y, ReferenceFeatures):
+            if mask_y is not None:
+                raise ValueError("mask_y: expected None with a precomputed reference (give the mask to precompute), "
+                                 f"got {_checks.describe(mask_y)}")
+            if mask_x is not None:
+                mask_x = _checks.check_mask("mask_x", mask_x, x)
+            (fx,), (fy,) = self._reference_pair(x, y, mask_x)
+        else:
+            _checks.check_images(x, y, 1, self.check_range)
+            if mask_x is not None:
+                mask_x = _checks.check_mask("mask_x", mask_x, x)
+            if mask_y is not None:
+                mask_y = _checks.check_mask("mask_y", mask_y, y)
+            (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
         if self.lite:
             return lite_score(fx, fy, self.eps)
         backend = self._backend(self._is_fast(x))
@@ -344,9 +372,9 @@ class DeepSSIM(_DeepFeatureMetric):
     def forward(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
+        y: Union[torch.Tensor, ReferenceFeatures],
         mask_x: Optional[torch.Tensor] = None,
         mask_y: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """DeepSSIM of x against y, (B,) or reduced; 1 - score as a loss."""
+        """DeepSSIM of x against y (images or precomputed), (B,) or reduced; 1 - score as a loss."""
         return self._finish(self.score(x, y, mask_x, mask_y))

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import msds
+import msds.cli
 from helpers import read_rgb
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
@@ -157,6 +158,25 @@ def test_one_reference_against_a_folder(tmp_path, pair):
     assert [Path(e["dist"]).name for e in entries] == ["d0.png", "d1.png", "d2.png"]
     single = run("score", str(ref), str(folder / "d1.png"), "--levels", "2", "--weights", "random", "--json")
     assert json.loads(single.stdout)["pairs"][0]["score"] == pytest.approx(entries[1]["score"], abs=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["msds", "deepssim", "lite"])
+def test_a_shared_reference_runs_through_the_trunk_once(metric, tmp_path, pair, monkeypatch, capsys):
+    # In-process, to count the trunk's passes: the reference once, then each
+    # distorted image once, whatever the metric (sizes differ, so no pass is shared).
+    ref, _ = pair
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"d{i}.png", 10 + i, size=(32, 48), noise=0.05 * (i + 1))
+    passes = []
+    forward = msds.backbone.VGG16Trunk.forward
+    monkeypatch.setattr(msds.backbone.VGG16Trunk, "forward",
+                        lambda self, images, mask=None: passes.append(images.shape[0]) or forward(self, images, mask))
+    assert msds.cli.main(["score", str(ref), str(folder), "--metric", metric, "--levels", "1", "--weights", "random",
+                          "--json", "--no-progress"]) == 0
+    entries = json.loads(capsys.readouterr().out)["pairs"]
+    assert len(entries) == 3 and passes == [1, 1, 1, 1]
 
 
 @pytest.fixture(scope="module")

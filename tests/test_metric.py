@@ -158,6 +158,23 @@ def test_precomputed_reference_gives_the_same_scores(metric64, rng):
         metric64.level_scores(x, metric64.precompute(images((2, 3, 64, 64), rng)))
 
 
+@pytest.mark.parametrize("lite", [False, True])
+def test_deepssim_precomputed_reference_gives_the_same_scores(lite, rng):
+    model = msds.DeepSSIM(weights=None, lite=lite).double()
+    x, y = images((3, 3, 48, 40), rng), images((1, 3, 64, 56), rng)  # the reference of another size
+    mask_x = (torch.rand(3, 1, 48, 40, generator=rng) > 0.3).double()
+    mask_y = (torch.rand(1, 1, 64, 56, generator=rng) > 0.3).double()
+    ref = model.precompute(y)
+    torch.testing.assert_close(model(x, ref), model(x, y.expand(3, -1, -1, -1)), rtol=0, atol=1e-12)
+    masked = model.precompute(y, mask_y)
+    expected = model(x, y.expand(3, -1, -1, -1), mask_x, mask_y.expand(3, -1, -1, -1))
+    torch.testing.assert_close(model(x, masked, mask_x), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="mask_y: expected None with a precomputed reference"):
+        model(x, masked, mask_x, mask_y)
+    with pytest.raises(ValueError, match="y: expected reference features for 1 levels, got 2"):
+        model(x, msds.MSDS(levels=2, weights=None).double().precompute(y))
+
+
 def test_gradcheck_through_the_module_float64(rng):
     model = msds.MSDS(levels=2, weights=None).double()
     x = images((1, 3, 32, 32), rng).requires_grad_()
