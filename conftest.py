@@ -32,6 +32,14 @@ def pytest_sessionstart(session) -> None:
                         "msds needs it: pip install -e \".[test]\"", returncode=1)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that takes the device fixture: `-m device` selects them
+    (bench.gpu_check runs exactly these on the GPU)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return torch.device(DEVICE)

@@ -1,12 +1,14 @@
 """One command for every GPU check: `python -m bench.gpu_check`.
 
 On a CUDA machine, with only that machine's own packages, it
-1. runs the kernel parity tests on the GPU (fp32, fp16, bf16, TF32 mode,
-   gradients),
+1. runs every test that takes the device fixture on the GPU (kernels in
+   fp32, fp16, bf16 and TF32 mode, gradients, layouts, unequal lengths; the
+   modules on the Triton head; the fast path),
 2. measures each precision mode's score error against float64 on trunk
-   features of real-looking images,
+   features of real-looking images, each against its bound,
 3. checks torch.compile(fullgraph=True) of the MSDS loss, forward and backward,
-4. compares the fast path's scores with the plain configuration's,
+4. compares the fast path's scores with the plain configuration's, against
+   their bounds,
 5. runs the head benchmarks (Triton against the reference, same run) and the
    end-to-end ones (fast path against plain, same run),
 and prints a short table of each as soon as it is done, saving everything
@@ -54,6 +56,7 @@ import torch  # noqa: E402
 
 import msds  # noqa: E402
 from msds import demo, reference  # noqa: E402
+from tests.helpers import score_atol, trunk_terms  # noqa: E402  (the bounds the tests use, derived there)
 
 
 def device_env(smoke: bool) -> dict:
@@ -75,18 +78,28 @@ def run_pytest(arguments: list, smoke: bool, timeout: float) -> subprocess.Compl
         return subprocess.CompletedProcess(command, 124, output + f"\ntimed out after {timeout:.0f} s", "")
 
 
+def device_tests(smoke: bool) -> list:
+    """Every test that takes the device fixture (pytest -m device), by node id."""
+    listed = run_pytest(["tests", "-m", "device", "--collect-only"], smoke, timeout=120)
+    return [line for line in listed.stdout.splitlines() if "::" in line]
+
+
 def run_tests(smoke: bool) -> dict:
-    files = ["tests/test_triton_forward.py", "tests/test_triton_backward.py", "tests/test_reference_head.py"]
-    selection = ["-k", "float64_matches_oracle and B1-C4"] if smoke else []
+    """Every test that takes the device fixture, on the GPU: kernels (forward,
+    gradients, layouts, unequal lengths), the modules on the Triton head and the
+    fast path. --smoke lists them all and runs a few under the interpreter."""
+    tests = device_tests(smoke)
+    selection = ["-k", "float64_matches_oracle and B1-C4 or layouts and group"] if smoke else []
     if not smoke and importlib.util.find_spec("xdist") is not None:
         selection += ["-n", "8"]  # the tests are mostly kernel compilation, which is CPU-bound
     started = time.time()
-    result = run_pytest([*files, *selection], smoke, timeout=180)
+    result = run_pytest(["tests", "-m", "device", *selection], smoke, timeout=300)
     lines = result.stdout.strip().splitlines()
-    summary = lines[-1] if lines else result.stderr.strip()[-500:]
+    summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line),
+                   lines[-1] if lines else result.stderr.strip()[-500:])
     failures = [line for line in lines if line.startswith("FAILED")]
-    return {"returncode": result.returncode, "summary": summary, "failures": failures,
-            "seconds": round(time.time() - started, 1)}
+    return {"returncode": result.returncode, "summary": summary, "failures": failures, "device_tests": tests,
+            "files": sorted({test.split("::")[0] for test in tests}), "seconds": round(time.time() - started, 1)}
 
 
 def trunk_features(model: msds.MSDS, size: int, device: torch.device, pairs: int):
@@ -104,10 +117,7 @@ def trunk_features(model: msds.MSDS, size: int, device: torch.device, pairs: int
 def precision_table(device: torch.device, smoke: bool) -> dict:
     """Max and mean |score - float64 score| of each mode on realistic features."""
     size, levels, pairs = (32, 2, 2) if smoke else (256, 3, 16)
-    try:
-        model, weights = msds.MSDS(levels=levels).to(device), "imagenet"
-    except msds.WeightsError:
-        model, weights = msds.MSDS(levels=levels, weights=None).to(device), "random"
+    model, weights = msds.MSDS(levels=levels, weights=None).to(device), "random"  # nothing to download
     xs, ys = trunk_features(model, size, device, pairs)
     truth = reference.multiscale_scores([f.double() for f in xs], [f.double() for f in ys], 1e-6)
     modes = {"reference fp32": lambda: reference.multiscale_scores(xs, ys, 1e-6)}
@@ -120,10 +130,25 @@ def precision_table(device: torch.device, smoke: bool) -> dict:
         if not (smoke and dtype == torch.bfloat16):  # the interpreter cannot do bf16 dots
             modes[f"triton {name} features"] = lambda low=low: msds.multiscale_gram_ssim(*low, backend="triton")
     rows = {}
+    positions = xs[0][0, 0].numel()
     for name, fn in modes.items():
         error = (fn().double() - truth).abs()
-        rows[name] = {"max_abs_error": error.max().item(), "mean_abs_error": error.mean().item()}
-    return {"weights": weights, "image_size": size, "levels": levels, "pairs": xs[0].shape[0], "modes": rows}
+        bound = precision_bound(name, positions, xs[0].shape[1])
+        rows[name] = {"max_abs_error": error.max().item(), "mean_abs_error": error.mean().item(), "bound": bound}
+    over = [name for name, row in rows.items() if row["max_abs_error"] > row["bound"]]
+    return {"weights": weights, "image_size": size, "levels": levels, "pairs": xs[0].shape[0], "modes": rows,
+            "over_bound": over, "returncode": 1 if over else 0}
+
+
+def precision_bound(mode: str, positions: int, channels: int) -> float:
+    """The score error each mode may have (score_atol of tests/helpers.py, whose
+    derivation the README's Testing section sums up): float32 Grams and tile
+    statistics, plus one rounding of every operand to TF32 ("tf32") or of
+    every feature to 16 bits (16-bit features)."""
+    bound = score_atol(positions + 16, channels=channels)
+    rounded = {"tf32": "tf32", "fp16 features": torch.float16, "bf16 features": torch.bfloat16}
+    kind = next((kind for suffix, kind in rounded.items() if mode.endswith(" " + suffix)), None)
+    return bound if kind is None else bound + score_atol(1, kind, channels=channels)
 
 
 def compile_check(device: torch.device, smoke: bool) -> dict:
@@ -172,19 +197,22 @@ def fast_path_agreement(device: torch.device, smoke: bool) -> dict:
     _, distorted = demo.distortion_ladder(reference_image)
     x = distorted[:pairs].to(device)
     y = torch.from_numpy(reference_image).permute(2, 0, 1)[None].expand(len(x), -1, -1, -1).contiguous().to(device)
-    try:
-        msds.MSDS(levels=1)
-        weights = "imagenet"
-    except msds.WeightsError:
-        weights = None
     backend = "reference" if smoke else "auto"
+    # PyTorch runs cuDNN's float32 convolutions in TF32 by default, in both
+    # configurations: a TF32 rounding of every layer's inputs, 11 of them.
+    fp32_kind = "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else torch.float32
     with torch.no_grad():
-        plain = msds.MSDS(levels=levels, weights=weights, fast=False).to(device)(x, y)
-        rows = {}
+        plain_model = msds.MSDS(levels=levels, weights=None, fast=False).to(device)  # nothing to download
+        plain = plain_model(x, y)
+        rows, bounds = {}, {}
         for name, dtype in (("fast-fp32", None), ("fast-bf16", torch.bfloat16)):
-            model = msds.MSDS(levels=levels, weights=weights, fast=True, trunk_dtype=dtype, backend=backend)
+            model = msds.MSDS(levels=levels, weights=None, fast=True, trunk_dtype=dtype, backend=backend)
             rows[name] = (model.to(device)(x, y) - plain).abs().max().item()
-    return {"weights": weights or "random", "pairs": len(x), "image_size": size, "max_abs_difference": rows}
+            # Both sides' roundings: the trunk's terms in float32, its layers' inputs in TF32 or 16 bits.
+            bounds[name] = 2 * score_atol(trunk_terms(plain_model)) + 2 * score_atol(12, dtype or fp32_kind)
+    over = [name for name in rows if rows[name] > bounds[name]]
+    return {"weights": "random", "pairs": len(x), "image_size": size, "max_abs_difference": rows,
+            "bounds": bounds, "over_bound": over, "returncode": 1 if over else 0}
 
 
 # The end-to-end rows behind the targets and the plot; `pytest bench` runs them all.
@@ -232,6 +260,7 @@ def compare(groups: dict, fast: str, base: str) -> None:
 
 
 def print_tests(tests: dict) -> None:
+    print(f"{len(tests['device_tests'])} tests take the device ({', '.join(tests['files'])})")
     print(f"parity tests ({tests['seconds']} s): {tests['summary']}")
     for line in tests["failures"]:
         print("   ", line)
@@ -241,7 +270,9 @@ def print_precision(table: dict) -> None:
     print(f"score error vs float64 ({table['weights']} trunk, {table['pairs']} pairs of "
           f"{table['image_size']}px images, {table['levels']} levels)")
     for name, row in table["modes"].items():
-        print(f"   {name:28s} max {row['max_abs_error']:.2e}   mean {row['mean_abs_error']:.2e}")
+        mark = "   OVER THE BOUND" if name in table["over_bound"] else ""
+        print(f"   {name:28s} max {row['max_abs_error']:.2e}   mean {row['mean_abs_error']:.2e}"
+              f"   bound {row['bound']:.1e}{mark}")
 
 
 def print_compile(check: dict) -> None:
@@ -254,9 +285,12 @@ def print_compile(check: dict) -> None:
 
 
 def print_fast_path(agreement: dict) -> None:
-    differences = ", ".join(f"{k} {v:.1e}" for k, v in agreement["max_abs_difference"].items())
+    differences = ", ".join(f"{k} {v:.1e} (bound {agreement['bounds'][k]:.1e})"
+                            for k, v in agreement["max_abs_difference"].items())
     print(f"fast path vs plain ({agreement['weights']} trunk, {agreement['pairs']} pairs of "
           f"{agreement['image_size']}px): max |score difference| {differences}")
+    for name in agreement["over_bound"]:
+        print(f"   FAILED: {name} is over its bound")
 
 
 def print_head(bench: dict) -> None:

@@ -18,8 +18,17 @@ def test_gpu_check_smoke(tmp_path):
     report = json.loads(out.read_text())
     assert report["failed_sections"] == []
     assert report["tests"]["returncode"] == 0
+    # Every test that takes the device fixture is listed (and runs on a GPU).
+    assert set(report["tests"]["files"]) >= {"tests/test_triton_forward.py", "tests/test_triton_backward.py",
+                                             "tests/test_kernel_layouts.py", "tests/test_disparate_sizes.py",
+                                             "tests/test_fastpath.py"}
+    assert any("test_kernel_gradcheck_with_unequal_lengths" in t for t in report["tests"]["device_tests"])
     modes = report["precision"]["modes"]
     assert modes["triton fp32 tf32x3"]["max_abs_error"] < 1e-5
+    # The precision and fast-path sections hold every figure to a bound.
+    assert report["precision"]["returncode"] == 0 and report["precision"]["over_bound"] == []
+    assert all(row["max_abs_error"] <= row["bound"] for row in modes.values())
+    assert report["fast_path"]["returncode"] == 0 and set(report["fast_path"]["bounds"]) == {"fast-fp32", "fast-bf16"}
     assert report["compile"]["value_difference"] < 1e-6
     assert "score error vs float64" in result.stdout
     assert "bench_head" not in report  # --parity-only
@@ -31,6 +40,15 @@ def gpu_check():
     from bench import gpu_check
 
     return gpu_check
+
+
+def test_a_figure_over_its_bound_fails_its_section(gpu_check):
+    assert gpu_check.precision_bound("triton fp32 tf32", 256, 512) > 100 * gpu_check.precision_bound(
+        "triton fp32 tf32x3", 256, 512)
+    table = {"weights": "random", "pairs": 2, "image_size": 32, "levels": 2, "over_bound": ["reference fp32"],
+             "modes": {"reference fp32": {"max_abs_error": 1e-3, "mean_abs_error": 1e-4, "bound": 1e-7}}}
+    assert gpu_check.run_section({}, "precision", lambda: {**table, "returncode": 1}, gpu_check.print_precision,
+                                 None) is False
 
 
 def test_a_failing_section_is_reported_and_the_next_still_runs(gpu_check, tmp_path, capsys):
