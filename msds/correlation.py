@@ -18,25 +18,34 @@ def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: flo
 def fit_mapping(scores: np.ndarray, mos: np.ndarray) -> Tuple[Callable[[np.ndarray], np.ndarray], str]:
     """The monotonic mapping of scores onto the MOS scale, and its name.
 
-    The logistic is fitted on standardised scores (MSDS scores crowd near 1,
-    which makes the raw fit ill-conditioned); it falls back to a straight
-    line when there are fewer than 6 pairs or the fit does not converge.
-    The returned function maps any scores, so a plot can draw the curve.
+    The five-parameter logistic is fitted as a monotonic map in the direction
+    of the rank correlation (SRCC), as the field reads it: with b2 >= 0 (the
+    logistic term is unchanged when b1 and b2 both change sign), b1 and the
+    linear term b4 take the sign of the SRCC, so the slope b1 b2 s (1 - s) +
+    b4 never changes sign. It is fitted on standardised scores (MSDS scores
+    crowd near 1, which makes the raw fit ill-conditioned). With fewer than
+    6 pairs, or when the fit fails, a straight line with its slope in the
+    same direction (flat if least squares would slope the other way) takes
+    its place. The returned function maps any scores, so a plot can draw the
+    curve.
     """
     spread = scores.std()
+    sign = 1.0 if spread == 0 or stats.spearmanr(scores, mos)[0] >= 0 else -1.0
     if len(scores) < 6 or spread == 0:
-        return _linear(scores, mos), "linear (too few pairs or constant scores for the logistic)"
+        return _linear(scores, mos, sign), "linear (too few pairs or constant scores for the logistic)"
     centre = scores.mean()
     z = (scores - centre) / spread
-    sign = 1.0 if stats.pearsonr(z, mos)[0] >= 0 else -1.0
     start = [sign * (mos.max() - mos.min()), 1.0, 0.0, 0.0, float(mos.mean())]
+    signed = (0.0, np.inf) if sign > 0 else (-np.inf, 0.0)
+    lower, upper = zip(signed, (0.0, np.inf), (-np.inf, np.inf), signed, (-np.inf, np.inf))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
-            params, _ = optimize.curve_fit(logistic5, z, mos, p0=start, maxfev=20000)
+            params, _ = optimize.curve_fit(logistic5, z, mos, p0=start, bounds=(lower, upper), maxfev=20000)
     except (RuntimeError, ValueError):
-        return _linear(scores, mos), "linear (the logistic fit did not converge)"
-    return (lambda values: logistic5((np.asarray(values, dtype=np.float64) - centre) / spread, *params)), "logistic5"
+        return _linear(scores, mos, sign), "linear (the monotonic logistic fit did not converge)"
+    mapping = lambda values: logistic5((np.asarray(values, dtype=np.float64) - centre) / spread, *params)  # noqa: E731
+    return mapping, "logistic5 (monotonic)"
 
 
 def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
@@ -45,10 +54,13 @@ def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
     return mapping(scores), name
 
 
-def _linear(scores: np.ndarray, mos: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def _linear(scores: np.ndarray, mos: np.ndarray, sign: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
+    """Least-squares line; with `sign`, flat where the slope would have the other sign."""
     if scores.std() == 0:
         return lambda values: np.full(np.shape(values), mos.mean())
     slope, intercept = np.polyfit(scores, mos, 1)
+    if slope * sign < 0:
+        slope, intercept = 0.0, float(mos.mean())
     return lambda values: slope * np.asarray(values, dtype=np.float64) + intercept
 
 

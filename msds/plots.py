@@ -44,7 +44,7 @@ def _scatter_panel(axes: Any, scores: np.ndarray, mos: np.ndarray, name: str) ->
         agreement = correlations(scores, mos)
         mapping, _ = fit_mapping(scores, mos)
         grid = np.linspace(scores.min(), scores.max(), 200)
-        axes.plot(grid, mapping(grid), color="tab:red", linewidth=1.5, label=agreement["mapping"].split(" ")[0])
+        axes.plot(grid, mapping(grid), color="tab:red", linewidth=1.5, label=agreement["mapping"] if agreement["mapping"].startswith("logistic5") else "linear")
         axes.legend(loc="best", fontsize=8)
         axes.set_title(f"{name}: SRCC {agreement['srcc']:.4f}, PLCC {agreement['plcc']:.4f}", fontsize=10)
     else:

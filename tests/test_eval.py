@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import optimize, stats
 
 import msds
+from msds import correlation
 from helpers import read_rgb
 from msds import demo
 
@@ -72,15 +73,27 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
-def own_logistic_plcc(scores, mos):
-    """An independent fit of the 5-parameter logistic, for checking the report."""
+def logistic(x, a, b, c, d, e):
+    return a * (0.5 - 1 / (1 + np.exp(b * (x - c)))) + d * x + e
+
+
+def own_monotonic_fit(scores, mos):
+    """An independent monotonic fit of the 5-parameter logistic: increasing
+    (decreasing for a negative SRCC) through squared parameters, a = s p^2,
+    b = q^2, d = s r^2, fitted without bounds. Returns the mapping of z-scores."""
     z = (scores - scores.mean()) / scores.std()
+    sign = np.sign(stats.spearmanr(scores, mos)[0]) or 1.0
 
-    def curve(x, a, b, c, d, e):
-        return a * (0.5 - 1 / (1 + np.exp(b * (x - c)))) + d * x + e
+    def curve(x, p, q, c, r, e):
+        return logistic(x, sign * p * p, q * q, c, sign * r * r, e)
 
-    params, _ = optimize.curve_fit(curve, z, mos, p0=[np.ptp(mos), 1, 0, 0, mos.mean()], maxfev=50000)
-    mapped = curve(z, *params)
+    params, _ = optimize.curve_fit(curve, z, mos, p0=[np.sqrt(np.ptp(mos)), 1, 0, 0.1, mos.mean()], maxfev=50000)
+    return lambda values: curve((values - scores.mean()) / scores.std(), *params)
+
+
+def own_logistic_plcc(scores, mos):
+    """PLCC and RMSE after own_monotonic_fit, for checking the report."""
+    mapped = own_monotonic_fit(scores, mos)(scores)
     return stats.pearsonr(mapped, mos)[0], np.sqrt(np.mean((mapped - mos) ** 2))
 
 
@@ -101,7 +114,7 @@ def test_eval_writes_every_pair_and_correct_correlations(tmp_path):
     assert report["srcc"] == pytest.approx(stats.spearmanr(scores, mos)[0], abs=1e-12)
     assert report["krcc"] == pytest.approx(stats.kendalltau(scores, mos)[0], abs=1e-12)
     plcc, rmse = own_logistic_plcc(scores, mos)
-    assert report["mapping"] == "logistic5"
+    assert report["mapping"] == "logistic5 (monotonic)"
     assert report["plcc"] == pytest.approx(plcc, abs=2e-3)
     assert report["rmse"] == pytest.approx(rmse, rel=2e-2)
     # Scores agree with a direct call of the metric.
@@ -278,3 +291,39 @@ def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
     assert process.returncode == 0
     text = shown.decode(errors="replace")
     assert "10/10" in text and "pair/s" in text and "100%" in text, text
+
+
+@pytest.mark.filterwarnings("ignore::scipy.optimize.OptimizeWarning")
+@pytest.mark.parametrize("sign", [1, -1])
+def test_the_mapping_never_turns_back_where_a_free_fit_does(sign):
+    # Scores whose MOS falls and then rises (rank correlation 0.92): a free
+    # logistic fit bends with them; the mapping must stay monotonic in the
+    # direction of the SRCC (MOS, or DMOS with sign -1).
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 1, 200)
+    mos = sign * (2 * (scores - 0.3) ** 2 + 0.3 * scores + 0.05 * rng.standard_normal(200))
+    grid = np.linspace(scores.min(), scores.max(), 500)
+    z = (scores - scores.mean()) / scores.std()
+    free, _ = optimize.curve_fit(logistic, z, mos, p0=[sign * np.ptp(mos), 1, 0, 0, mos.mean()], maxfev=50000)
+    steps = np.diff(logistic((grid - scores.mean()) / scores.std(), *free))
+    assert (steps > 0).any() and (steps < 0).any()  # the data do make a free fit turn back
+    mapping, name = correlation.fit_mapping(scores, mos)
+    assert name == "logistic5 (monotonic)"
+    assert (sign * np.diff(mapping(grid)) >= 0).all()
+    report = correlation.correlations(scores, mos)
+    np.testing.assert_allclose(report["plcc"], own_logistic_plcc(scores, mos)[0], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(mapping(grid), own_monotonic_fit(scores, mos)(grid), rtol=0, atol=1e-3 * np.ptp(mos))
+
+
+def test_a_straight_line_stands_in_and_slopes_the_same_way():
+    # Five pairs: too few for the logistic. Ranks rise (SRCC 0.4) but least
+    # squares slopes down (the fourth MOS is far below): the line is flat.
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    mos = np.array([1.0, 2.0, 3.0, -30.0, 5.0])
+    assert stats.spearmanr(scores, mos)[0] > 0 and np.polyfit(scores, mos, 1)[0] < 0
+    mapping, name = correlation.fit_mapping(scores, mos)
+    assert name.startswith("linear (too few pairs")
+    np.testing.assert_allclose(mapping(scores), np.full(5, mos.mean()))
+    rising = np.array([1.0, 2.5, 2.9, 4.2, 5.1])
+    np.testing.assert_allclose(correlation.fit_mapping(scores, rising)[0](scores),
+                               np.polyval(np.polyfit(scores, rising, 1), scores))
