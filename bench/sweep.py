@@ -70,7 +70,8 @@ def grid(workload: Workload) -> List[Config]:
     the first sweeps) and in tile order with 16-position tail steps. The
     forward's 64-wide, 4-warp, 1-stage shapes in tile order also run as a
     persistent grid of 2 and 4 programs per multiprocessor, and with 2 and 4
-    block pairs per program (group).
+    block pairs per program (group); the 4-warp shapes in tile order also
+    with x and y in one loop (joint).
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
@@ -83,13 +84,18 @@ def grid(workload: Workload) -> List[Config]:
                 if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1]
         configs += [replace(config, persistent=programs) for config in wide for programs in (2, 4)]
         configs += [replace(config, group=pairs) for config in wide for pairs in (2, 4)]
+    configs += [replace(config, joint=True) for config in configs
+                if config.tile_order and config.num_warps == 4 and not config.persistent and config.group == 1]
     return configs
 
 
 def options(rule: Config, backward: bool) -> List[Config]:
     """The rule, the earlier rule, and the rule with each option the rule does
-    not take yet (forward: persistent grids, groups of block pairs)."""
-    configs = [rule, layout(rule, False)]
+    not take yet (x and y in one loop; forward: persistent grids, groups of
+    block pairs)."""
+    # Joint steps at most 32 positions: two products a step hold twice the
+    # operands (tests/sm90.py).
+    configs = [rule, layout(rule, False), replace(rule, joint=True, block_k=min(rule.block_k, 32))]
     if not backward:
         configs += [replace(rule, persistent=programs) for programs in (2, 4)]
         configs += [replace(rule, group=pairs) for pairs in (2, 4)]
@@ -115,7 +121,8 @@ def smoke_workloads() -> List[Workload]:
 
 
 def smoke_grid(workload: Workload) -> List[Config]:
-    configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True)]
+    configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True),
+               Config(16, 16, 4, 1, joint=True)]
     return configs if workload.backward else configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2)]
 
 
@@ -328,8 +335,7 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
         fxs, fys = features(base, device, channels)
         rule = kernels.pick_config(channels, DTYPES[base.dtype], precision=base.precision)
         for index, config in enumerate(options(rule, False)):
-            name = (["rule", "earlier rule"][index] if index < 2
-                    else f"persistent x{config.persistent}" if config.persistent else f"group {config.group}")
+            name = ["rule", "earlier rule", "joint"][index] if index < 3 else option_name(config)
             for level, size in enumerate(base.sizes):
                 one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
                 call = kernel_call(one, config, fxs[level:level + 1], fys[level:level + 1])
@@ -338,12 +344,18 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
     return rows
 
 
+def option_name(config: Config) -> str:
+    """The options a configuration takes, as describe() prints them."""
+    names = [f"persistent x{config.persistent}"] if config.persistent else []
+    names += [f"group {config.group}"] if config.group > 1 else []
+    return " ".join(names + (["joint"] if config.joint else []))
+
+
 def describe(config: dict) -> str:
     order = "tiles" if config["tile_order"] else "plain"
-    persistent = f" persistent x{config['persistent']}" if config.get("persistent") else ""
-    group = f" group {config['group']}" if config.get("group", 1) > 1 else ""
+    options = option_name(Config(**config))
     return (f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']} "
-            f"{order} tail{config['tail_k']:<3d}{persistent}{group}")
+            f"{order} tail{config['tail_k']:<3d}{' ' + options if options else ''}")
 
 
 def print_workload(result: dict) -> None:

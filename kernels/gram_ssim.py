@@ -108,23 +108,30 @@ def _channel_order(BLOCK_C: tl.constexpr, LOW: tl.constexpr, TILE_ORDER: tl.cons
 
 @triton.jit
 def _gram_step(
-    g, base, rows, cols, k, C, k_len, stride_c,
-    MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
+    g, h, base, base2, rows, cols, k, C, k_len, stride_c, stride2,
+    MASK_C: tl.constexpr, MASK_K: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr, TWO: tl.constexpr,
 ):
-    """Add one chunk of positions to a Gram block."""
+    """Add one chunk of positions to a Gram block g; with TWO, the same chunk
+    of a second map of the same length (base2, stride2) to h as well: two
+    independent products a step."""
     a = _load_panel(base, rows, k, C, k_len, stride_c, MASK_C, MASK_K, ALIGNED)
     c = _load_panel(base, cols, k, C, k_len, stride_c, MASK_C, MASK_K, ALIGNED)
-    return tl.dot(a, tl.trans(c), g, input_precision=PRECISION, out_dtype=g.dtype)
+    if TWO:
+        a2 = _load_panel(base2, rows, k, C, k_len, stride2, MASK_C, MASK_K, ALIGNED)
+        c2 = _load_panel(base2, cols, k, C, k_len, stride2, MASK_C, MASK_K, ALIGNED)
+        h = tl.dot(a2, tl.trans(c2), h, input_precision=PRECISION, out_dtype=h.dtype)
+    return tl.dot(a, tl.trans(c), g, input_precision=PRECISION, out_dtype=g.dtype), h
 
 
 @triton.jit
 def _gram_block(
-    base, bi, bj, k_len, C, stride_c,
+    base, base2, bi, bj, k_len, C, stride_c, stride2,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, TWO: tl.constexpr,
 ):
     """Block (bi, bj) of one image's Gram matrix over its k_len positions,
-    BLOCK_C x BLOCK_C in ACC precision.
+    BLOCK_C x BLOCK_C in ACC precision; with TWO, of a second map of the same
+    length too, in the same loop (else the second block is zeros).
 
     Whole chunks of BLOCK_K positions load without a mask; the rest of the
     level goes in masked steps of TAIL_K, so a level shorter than BLOCK_K
@@ -138,34 +145,42 @@ def _gram_block(
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
     g = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
+    h = tl.zeros((BLOCK_C, BLOCK_C), dtype=ACC)
     k_whole = k_len - k_len % BLOCK_K
     ks = tl.arange(0, BLOCK_K)
     for k0 in range(0, k_whole, BLOCK_K):
-        g = _gram_step(g, base, rows, cols, k0 + ks, C, k_len, stride_c, not EVEN_C, False, PRECISION, ALIGNED)
+        g, h = _gram_step(g, h, base, base2, rows, cols, k0 + ks, C, k_len, stride_c, stride2,
+                          not EVEN_C, False, PRECISION, ALIGNED, TWO)
     if TAIL_K == 0:
         if k_whole < k_len:
-            g = _gram_step(g, base, rows, cols, k_whole + ks, C, k_len, stride_c, not EVEN_C, True, PRECISION,
-                           ALIGNED)
+            g, h = _gram_step(g, h, base, base2, rows, cols, k_whole + ks, C, k_len, stride_c, stride2,
+                              not EVEN_C, True, PRECISION, ALIGNED, TWO)
     else:
         tail = tl.arange(0, TAIL_K)
         for k0 in range(k_whole, k_len, TAIL_K):
-            g = _gram_step(g, base, rows, cols, k0 + tail, C, k_len, stride_c, not EVEN_C,
-                           not (ALIGNED and TAIL_K == 16), PRECISION, ALIGNED)
-    return g
+            g, h = _gram_step(g, h, base, base2, rows, cols, k0 + tail, C, k_len, stride_c, stride2,
+                              not EVEN_C, not (ALIGNED and TAIL_K == 16), PRECISION, ALIGNED, TWO)
+    return g, h
 
 
 @triton.jit
 def _gram_blocks(
     x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, JOINT: tl.constexpr,
 ):
-    """Blocks (bi, bj) of both images' Gram matrices; each image has its own
-    number of positions (the two need not share a size)."""
-    gx = _gram_block(x_base, bi, bj, kx_len, C, sxc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER,
-                     ALIGNED)
-    gy = _gram_block(y_base, bi, bj, ky_len, C, syc, BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER,
-                     ALIGNED)
+    """Blocks (bi, bj) of both images' Gram matrices. Each image has its own
+    number of positions (the two need not share a size); with JOINT (the
+    launcher found every level's two lengths equal) x and y advance in one
+    loop, two independent products a step."""
+    if JOINT:
+        gx, gy = _gram_block(x_base, y_base, bi, bj, kx_len, C, sxc, syc,
+                             BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, True)
+    else:
+        gx, _ = _gram_block(x_base, x_base, bi, bj, kx_len, C, sxc, sxc,
+                            BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, False)
+        gy, _ = _gram_block(y_base, y_base, bi, bj, ky_len, C, syc, syc,
+                            BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, False)
     return gx, gy
 
 
@@ -297,8 +312,8 @@ def _gram_ssim_forward_kernel(
     eps_ptr,      # (1,) the constant c in ACC dtype (a scalar argument would round it to fp32)
     C, L, T, ITEMS,  # ITEMS = T * B * L block pairs to score
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, PERSISTENT: tl.constexpr,
-    GROUP: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, JOINT: tl.constexpr,
+    PERSISTENT: tl.constexpr, GROUP: tl.constexpr,
 ):
     """One program per GROUP block pairs side by side in a row of the folded
     triangle (see _block_pair), and per image and level, on a (folded width
@@ -321,7 +336,7 @@ def _gram_ssim_forward_kernel(
             x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
                 meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
             total = _score_block_pair(pair // width, pair % width, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
-                                      BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+                                      BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
             tl.store(partial_ptr + item, total)
     else:
         image_level = tl.program_id(2)
@@ -329,12 +344,12 @@ def _gram_ssim_forward_kernel(
         x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
             meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
         total = _score_block_pair(r, tl.program_id(0) * GROUP, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
-                                  BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+                                  BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         for g in tl.static_range(1, GROUP):
             c = tl.program_id(0) * GROUP + g
             if c < width:
                 total += _score_block_pair(r, c, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
-                                           BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+                                           BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         programs = tl.num_programs(0) * tl.num_programs(1)
         tl.store(partial_ptr + image_level * programs + r * tl.num_programs(0) + tl.program_id(0), total)
 
@@ -343,14 +358,14 @@ def _gram_ssim_forward_kernel(
 def _score_block_pair(
     r, c, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, JOINT: tl.constexpr,
 ):
     """The sum of tile scores of block pair (r, c) of the folded triangle
     (see _block_pair) of one image and level (its maps as _level_setup
     gives them), counted twice off the diagonal."""
     bi, bj = _block_pair(r, c, C, BLOCK_C)
     gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+                          BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
     _, _, scores, _ = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
     if not EVEN_C:
         scores = tl.where(_tiles_within(bi, bj, C, BLOCK_C, TILE_ORDER), scores, 0.0)
@@ -398,7 +413,7 @@ def _gram_ssim_backward_kernel(
     C, L, NB,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr,
     PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
-    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
+    TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, JOINT: tl.constexpr,
 ):
     """dScore/dx. One program owns row block bi of one (image, level). It
     sweeps every column block bj, recomputes both Gram blocks (bi, bj) and
@@ -423,7 +438,7 @@ def _gram_ssim_backward_kernel(
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     for bj in range(0, NB):
         gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
-                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED)
+                              BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
         factor = _spread(scale * 2 / (16 * denom), TILE_ORDER)
         gbar = tl.reshape(factor * (dy - _spread(score, TILE_ORDER) * dx), (BLOCK_C, BLOCK_C))
@@ -449,6 +464,7 @@ class Config:
     tail_k: int = 16  # positions per masked step past the last whole block_k; divides block_k
     persistent: int = 0  # forward only: programs per multiprocessor, each looping over the work; 0: one per item
     group: int = 1  # forward only: block pairs per program, side by side in a row of the folded triangle
+    joint: bool = False  # x's and y's Gram blocks in one loop where every level's two lengths are equal
 
     def __post_init__(self):
         if self.tile_order and self.block_c < 32:
@@ -528,13 +544,15 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channels: int, backward: bool,
-                     aligned: bool = True) -> dict:
+                     aligned: bool = True, same_lengths: bool = True) -> dict:
     """The compile-time arguments of a launch (tests/sm90.py compiles with the same).
 
     A tail as long as BLOCK_K is one step; the forward takes it without a
     loop (TAIL_K = 0) and the backward as a loop of one, the forms that
-    spill least on sm_90 across the supported tritons. `aligned`: every
-    length and stride of the maps is a multiple of 16 (see all_aligned);
+    spill least on sm_90 across the supported tritons. `same_lengths`: each
+    level's two maps have the same number of positions (config.joint then
+    applies). `aligned`: every length and stride of the maps is a multiple
+    of 16 (see all_aligned);
     only 64-wide blocks then vectorise their loads (ALIGNED): in 32-wide
     ones, vector loads made ptxas spill on three of the four supported
     tritons (tests/sm90.py).
@@ -548,6 +566,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
         "TAIL_K": config.tail_k if backward or config.tail_k < config.block_k else 0,
         "TILE_ORDER": config.tile_order,
         "ALIGNED": aligned and config.block_c == 64,
+        "JOINT": config.joint and same_lengths,
     }
     if backward:
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
@@ -574,6 +593,11 @@ def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> 
     synchronises the device (and cannot happen inside a CUDA graph capture).
     """
     return torch.tensor(values, dtype=dtype, device=device)
+
+
+def same_lengths(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> bool:
+    """Whether every level's two flat maps have the same number of positions."""
+    return all(x.shape[2] == y.shape[2] for x, y in zip(xs, ys))
 
 
 def all_aligned(maps: Sequence[torch.Tensor]) -> bool:
@@ -665,7 +689,8 @@ def gram_ssim_forward(
         *padded(fx), *padded(fy), level_table(fx, fy), partials,
         device_constant((eps,), acc, device),
         channels, levels, pairs, items,
-        **kernel_constants(config, fx[0].dtype, precision, channels, backward=False, aligned=all_aligned(fx + fy)),
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=False, aligned=all_aligned(fx + fy),
+                           same_lengths=same_lengths(fx, fy)),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -707,7 +732,8 @@ def gram_ssim_backward(
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
         device_constant((eps,), acc, device),
         channels, levels, blocks,
-        **kernel_constants(config, fx[0].dtype, precision, channels, backward=True, aligned=all_aligned(fx + fy)),
+        **kernel_constants(config, fx[0].dtype, precision, channels, backward=True, aligned=all_aligned(fx + fy),
+                           same_lengths=same_lengths(fx, fy)),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -1,7 +1,7 @@
 """Compile the head's kernels for Hopper (sm_90) without a GPU and read their resources.
 
 Run as a script (without TRITON_INTERPRET) it prints one JSON line per kernel
-configuration, then per forward option at C = 512 ("option"): registers, stack (spills), shared memory, and from the PTX its
+configuration, then per option at C = 512 ("option"): registers, stack (spills), shared memory, and from the PTX its
 length and its global loads by width (vector_loads: 8 bytes or more a load;
 scalar_loads: 2 or 4). tests/test_sm90_compile.py runs it in a subprocess,
 because the test session itself uses the interpreter.
@@ -95,16 +95,20 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
     return resources(kernel)
 
 
-# Forward options the rule does not take yet (bench/sweep.py times them),
-# compiled at C = 512 for the dtypes of the speed targets on aligned maps.
-FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2})
+# Options the rule does not take yet (bench/sweep.py times them), compiled
+# at C = 512 for the dtypes of the speed targets on aligned maps.
+# Two products a step hold twice the operands: the joint forward steps 32
+# positions (at 64, float32 tf32x3 spilled 80-208 bytes on every triton).
+FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2}, {"joint": True, "block_k": 32})
+BACKWARD_OPTIONS = ({"joint": True},)
 
 
 def option_rows():
-    """(dtype, precision, option) for each forward option."""
+    """(kernel, dtype, precision, option) for each option."""
     for dtype, precision in ((torch.float32, "tf32x3"), (torch.bfloat16, "ieee")):
-        for option in FORWARD_OPTIONS:
-            yield dtype, precision, option
+        for kernel, options in (("forward", FORWARD_OPTIONS), ("backward", BACKWARD_OPTIONS)):
+            for option in options:
+                yield kernel, dtype, precision, option
 
 
 def compile_forward(dtype: torch.dtype, precision: str, channels: int, aligned: bool, option: dict = {}) -> dict:
@@ -119,8 +123,8 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int, aligned: 
     return _compile(K._gram_ssim_forward_kernel, signature, constexprs, config)
 
 
-def compile_backward(dtype: torch.dtype, precision: str, channels: int, aligned: bool) -> dict:
-    config = K.pick_config(channels, dtype, backward=True, precision=precision)
+def compile_backward(dtype: torch.dtype, precision: str, channels: int, aligned: bool, option: dict = {}) -> dict:
+    config = replace(K.pick_config(channels, dtype, backward=True, precision=precision), **option)
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
@@ -143,12 +147,12 @@ def main() -> None:
         if not only or "backward" in only:
             usage = compile_backward(dtype, precision, channels, aligned)
             print(json.dumps({"kernel": "backward", **row, **usage}), flush=True)
-    if not only or "forward" in only:
-        for dtype, precision, option in option_rows():
+    for kernel, dtype, precision, option in option_rows():
+        if not only or kernel in only:
             row = {"dtype": str(dtype), "precision": precision, "channels": 512, "block_c": 64, "aligned": True,
                    "option": option}
-            usage = compile_forward(dtype, precision, 512, True, option)
-            print(json.dumps({"kernel": "forward", **row, **usage}), flush=True)
+            usage = (compile_forward if kernel == "forward" else compile_backward)(dtype, precision, 512, True, option)
+            print(json.dumps({"kernel": kernel, **row, **usage}), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ GROUPED = [
     (Config(16, 16, 4, 1, group=3), 64, [(4, 4), (2, 2)]),
     (Config(32, 32, 4, 1, tile_order=True, tail_k=16, group=4), 100, [(7, 6)]),
 ]
+# x and y in one loop (both images' maps of the same length on every level).
+JOINT = [
+    (Config(32, 32, 4, 1, joint=True), 36, [(5, 5), (3, 1)]),
+    (Config(64, 64, 4, 1, tile_order=True, tail_k=16, joint=True), 100, [(9, 9), (4, 4)]),
+]
 IDS = [f"C{c}-{'tiles' if cfg.tile_order else 'plain'}-{cfg.block_c}x{cfg.block_k}-tail{cfg.tail_k}"
-       for cfg, c, _ in CASES]
+       + ("-joint" if cfg.joint else "") for cfg, c, _ in CASES + JOINT]
 
 
 def pairs(channels, sizes, generator):
@@ -52,7 +57,7 @@ def pairs(channels, sizes, generator):
     return fxs, fys
 
 
-@pytest.mark.parametrize("config,channels,sizes", CASES + PERSISTENT + GROUPED,
+@pytest.mark.parametrize("config,channels,sizes", CASES + JOINT + PERSISTENT + GROUPED,
                          ids=IDS + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT]
                          + [f"C{c}-{cfg.block_c}wide-group{cfg.group}" for cfg, c, _ in GROUPED])
 def test_scores_match_the_oracle(config, channels, sizes, rng, device):
@@ -62,7 +67,7 @@ def test_scores_match_the_oracle(config, channels, sizes, rng, device):
     np.testing.assert_allclose(got.cpu().numpy(), exact, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("config,channels,sizes", CASES, ids=IDS)
+@pytest.mark.parametrize("config,channels,sizes", CASES + JOINT, ids=IDS)
 def test_gradients_match_reference_autograd(config, channels, sizes, rng, device):
     fxs, fys = pairs(channels, sizes, rng)
     upstream = torch.rand(2, len(sizes), generator=rng, dtype=torch.float64)
@@ -141,3 +146,34 @@ def test_aligned_and_unaligned_maps_give_the_same_exact_results(rng, device):
             grads = gram_ssim_backward(upstream.to(device), xs, ys, 1e-6, config=config)
             for g, leaf in zip(grads, leaves, strict=True):
                 torch.testing.assert_close(g.cpu(), leaf.grad, rtol=1e-9, atol=1e-12 * leaf.grad.abs().max().item())
+
+
+def test_joint_loop_only_where_lengths_agree(rng, device):
+    # A joint configuration on maps whose lengths differ takes separate loops
+    # (the launcher checks), and both give the oracle's scores and gradients.
+    config = Config(32, 32, 4, 1, joint=True)
+    assert kernels.kernel_constants(config, torch.float64, "ieee", 64, False, same_lengths=True)["JOINT"]
+    assert not kernels.kernel_constants(config, torch.float64, "ieee", 64, False, same_lengths=False)["JOINT"]
+    fxs = [relu_features((2, 64, 3, 4), rng)]
+    fys = [relu_features((2, 64, 5, 5), rng)]
+    assert not kernels.same_lengths(kernels.flat_levels(fxs), kernels.flat_levels(fys))
+    got = gram_ssim_forward([f.to(device) for f in fxs], [f.to(device) for f in fys], 1e-6, config=config)
+    np.testing.assert_allclose(got.cpu().numpy(), deepssim_head(fxs[0], fys[0])[:, None], rtol=0, atol=1e-10)
+    leaves = [f.clone().requires_grad_() for f in fxs]
+    reference.multiscale_scores(leaves, fys, 1e-6).sum().backward()
+    (grad,) = gram_ssim_backward(torch.ones(2, 1, dtype=torch.float64, device=device), [f.to(device) for f in fxs],
+                                 [f.to(device) for f in fys], 1e-6, config=config)
+    torch.testing.assert_close(grad.cpu(), leaves[0].grad, rtol=1e-9, atol=1e-12 * leaves[0].grad.abs().max().item())
+
+
+def test_joint_loop_with_other_strides_for_y(rng, device):
+    # Same lengths, other layouts: y a batch-broadcast reference of every
+    # other channel of wider maps, so its batch and channel strides differ
+    # from x's.
+    config = Config(32, 32, 4, 1, joint=True)
+    fxs = [relu_features((2, 64, 4, 4), rng), relu_features((2, 64, 2, 3), rng)]
+    wide = [relu_features((1, 128, 4, 4), rng), relu_features((1, 128, 2, 3), rng)]
+    fys = [f[:, ::2].expand(2, -1, -1, -1) for f in wide]
+    got = gram_ssim_forward([f.to(device) for f in fxs], [f.to(device) for f in fys], 1e-6, config=config)
+    exact = np.stack([deepssim_head(fx, fy) for fx, fy in zip(fxs, fys)], axis=1)
+    np.testing.assert_allclose(got.cpu().numpy(), exact, rtol=0, atol=1e-10)
