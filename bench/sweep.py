@@ -59,6 +59,8 @@ WORKLOADS = [
     Workload("forward B16 1024px fp32", 16, tuple(LEVELS_1024), "fp32", False),
     Workload("forward+backward B256 256px fp32", 256, tuple(LEVELS_256), "fp32", True),
     Workload("forward+backward B256 256px bf16", 256, tuple(LEVELS_256), "bf16", True),
+    # Few programs (16 images x 3 levels x 8 row blocks): where splitting the backward's sweep should pay.
+    Workload("forward+backward B16 1024px fp32", 16, tuple(LEVELS_1024), "fp32", True),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -70,8 +72,9 @@ def grid(workload: Workload) -> List[Config]:
     the first sweeps) and in tile order with 16-position tail steps. The
     forward's 64-wide, 4-warp, 1-stage shapes in tile order also run as a
     persistent grid of 2 and 4 programs per multiprocessor, and with 2 and 4
-    block pairs per program (group); the 4-warp shapes in tile order also
-    with x and y in one loop (joint).
+    block pairs per program (group); the backward's as 2 and 4 programs per
+    row block (split); the 4-warp shapes in tile order also with x and y in
+    one loop (joint).
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
@@ -84,8 +87,12 @@ def grid(workload: Workload) -> List[Config]:
                 if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1]
         configs += [replace(config, persistent=programs) for config in wide for programs in (2, 4)]
         configs += [replace(config, group=pairs) for config in wide for pairs in (2, 4)]
+    else:
+        configs += [replace(config, split=parts) for config in configs
+                    if config.tile_order and config.block_c == 64 and config.num_warps == 4 for parts in (2, 4)]
     configs += [replace(config, joint=True) for config in configs
-                if config.tile_order and config.num_warps == 4 and not config.persistent and config.group == 1]
+                if config.tile_order and config.num_warps == 4 and not config.persistent and config.group == 1
+                and config.split == 1]
     return configs
 
 
@@ -96,7 +103,9 @@ def options(rule: Config, backward: bool) -> List[Config]:
     # Joint steps at most 32 positions: two products a step hold twice the
     # operands (tests/sm90.py).
     configs = [rule, layout(rule, False), replace(rule, joint=True, block_k=min(rule.block_k, 32))]
-    if not backward:
+    if backward:
+        configs += [replace(rule, split=parts) for parts in (2, 4)]
+    else:
         configs += [replace(rule, persistent=programs) for programs in (2, 4)]
         configs += [replace(rule, group=pairs) for pairs in (2, 4)]
     return configs
@@ -123,7 +132,9 @@ def smoke_workloads() -> List[Workload]:
 def smoke_grid(workload: Workload) -> List[Config]:
     configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True),
                Config(16, 16, 4, 1, joint=True)]
-    return configs if workload.backward else configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2)]
+    if workload.backward:
+        return configs + [Config(16, 16, 4, 1, split=2)]
+    return configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2)]
 
 
 # --- inputs and the functions timed ---------------------------------------------------------------
@@ -348,6 +359,7 @@ def option_name(config: Config) -> str:
     """The options a configuration takes, as describe() prints them."""
     names = [f"persistent x{config.persistent}"] if config.persistent else []
     names += [f"group {config.group}"] if config.group > 1 else []
+    names += [f"split {config.split}"] if config.split > 1 else []
     return " ".join(names + (["joint"] if config.joint else []))
 
 

@@ -374,15 +374,15 @@ def _score_block_pair(
 
 @triton.jit
 def _accumulate_rows(
-    out_base, f_base, gbar, bi, bj, k_len, C, stride_c,
+    out_base, f_base, gbar, bi, bj, adding, k_len, C, stride_c,
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr, PRECISION: tl.constexpr,
     TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """out[rows bi] (+)= 2 * gbar @ F[rows bj], chunk by chunk along the level.
 
     `out` is this level's contiguous (C, k_len) gradient for one image. The
-    program owns these rows, so plain loads and stores suffice; the first
-    column block (bj == 0) writes instead of adding. Features are upcast to
+    program owns these rows, so plain loads and stores suffice; its first
+    column block writes instead of adding (`adding` is false). Features are upcast to
     gbar's precision: gbar is far too small and varied for 16 bits. With
     ALIGNED and 16-position steps, every step is whole.
     """
@@ -396,7 +396,7 @@ def _accumulate_rows(
         out = _panel_pointers(out_base, rows, k, k_len, ALIGNED)
         out_mask = (rows[:, None] < C) & (k[None, :] < k_len)
         acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=gbar.dtype)
-        if bj > 0:
+        if adding:
             acc = tl.load(out, mask=out_mask, other=0.0)
         acc = tl.dot(gbar2, f, acc, input_precision=PRECISION, out_dtype=acc.dtype)
         tl.store(out, acc, mask=out_mask)
@@ -414,6 +414,7 @@ def _gram_ssim_backward_kernel(
     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_C: tl.constexpr,
     PRECISION: tl.constexpr, GRAD_PRECISION: tl.constexpr, ACC: tl.constexpr,
     TAIL_K: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, JOINT: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """dScore/dx. One program owns row block bi of one (image, level). It
     sweeps every column block bj, recomputes both Gram blocks (bi, bj) and
@@ -422,21 +423,29 @@ def _gram_ssim_backward_kernel(
     2 dGx x). Programs share nothing: no atomics and no scratch. The score is
     symmetric in x and y, so dScore/dy is this kernel with the two swapped.
 
+    With SPLIT > 1 (where few programs would run) program_id(2) = p of the
+    SPLIT takes column blocks p, p + SPLIT, ... and writes its own partial
+    gradient: each level's gradient buffer is (SPLIT, B, C, h_l * w_l), and
+    the launcher sums it over SPLIT in a fixed order.
+
     For a tile of n = 16 entries a (from Gx) and b (from Gy), with
     D = var_a + var_b + eps and s its score:
     ds/da_k = 2 / (n D) * ((b_k - mb) - s (a_k - ma)).
     """
     bi = tl.program_id(0)
     image_level = tl.program_id(1)
+    part = tl.program_id(2)
     b = image_level // L
     level = image_level % L
     x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
         meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
-    out_base = _pick(level, gx0, gx1, gx2, gx3, gx4, gx5) + b.to(tl.int64) * C * kx_len
+    images = tl.num_programs(1) // L
+    out_base = (_pick(level, gx0, gx1, gx2, gx3, gx4, gx5)
+                + (part.to(tl.int64) * images + b.to(tl.int64)) * C * kx_len)
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
-    for bj in range(0, NB):
+    for bj in range(part, NB, SPLIT):
         gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
                               BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
@@ -445,7 +454,7 @@ def _gram_ssim_backward_kernel(
         if not EVEN_C:  # entries past C belong to padding tiles and must not contribute
             cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
             gbar = tl.where((rows[:, None] < C) & (cols[None, :] < C), gbar, 0.0)
-        _accumulate_rows(out_base, x_base, gbar, bi, bj, kx_len, C, sxc,
+        _accumulate_rows(out_base, x_base, gbar, bi, bj, bj > part, kx_len, C, sxc,
                          BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED)
 
 
@@ -465,6 +474,7 @@ class Config:
     persistent: int = 0  # forward only: programs per multiprocessor, each looping over the work; 0: one per item
     group: int = 1  # forward only: block pairs per program, side by side in a row of the folded triangle
     joint: bool = False  # x's and y's Gram blocks in one loop where every level's two lengths are equal
+    split: int = 1  # backward only: each row block's sweep over column blocks split across this many programs
 
     def __post_init__(self):
         if self.tile_order and self.block_c < 32:
@@ -473,6 +483,8 @@ class Config:
             raise ValueError(f"tail_k must be at least 16 and divide block_k ({self.block_k}), got {self.tail_k}")
         if self.persistent < 0:
             raise ValueError(f"persistent must be >= 0 programs per multiprocessor, got {self.persistent}")
+        if self.split < 1:
+            raise ValueError(f"split must be >= 1 programs per row block, got {self.split}")
         if self.group < 1 or (self.group > 1 and self.persistent):
             raise ValueError(f"group must be >= 1 block pairs per program, and 1 with a persistent grid, "
                              f"got {self.group} (persistent {self.persistent})")
@@ -539,6 +551,11 @@ def gradient_precision(dtype: torch.dtype, precision: str) -> str:
     return precision if dtype == torch.float32 else "tf32x3"
 
 
+def backward_parts(config: Config, channels: int) -> int:
+    """Programs per row block of the backward: config.split, at most one per column block."""
+    return min(config.split, triton.cdiv(channels, config.block_c))
+
+
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -570,6 +587,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     }
     if backward:
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
+        constants["SPLIT"] = backward_parts(config, channels)
     else:
         constants["PERSISTENT"] = config.persistent > 0
         constants["GROUP"] = config.group
@@ -725,9 +743,10 @@ def gram_ssim_backward(
     acc = accumulator_dtype(fx[0].dtype)
     device = fx[0].device
     blocks = triton.cdiv(channels, config.block_c)
-    # Every row and position is written, so no zero fill is needed.
-    grads = [torch.empty(f.shape, dtype=acc, device=device) for f in xs]
-    _gram_ssim_backward_kernel[(blocks, batch * levels)](
+    split = backward_parts(config, channels)
+    # Every row and position is written (by each part), so no zero fill is needed.
+    grads = [torch.empty((split, *f.shape), dtype=acc, device=device) for f in xs]
+    _gram_ssim_backward_kernel[(blocks, batch * levels, split)](
         *padded(fx), *padded(fy), *padded(grads),
         level_table(fx, fy), (grad.to(acc) / (channels // TILE) ** 2).contiguous(),
         device_constant((eps,), acc, device),
@@ -737,4 +756,4 @@ def gram_ssim_backward(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return grads
+    return [g[0] if split == 1 else g.sum(0) for g in grads]  # parts summed in order: deterministic

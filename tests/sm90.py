@@ -100,7 +100,7 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
 # Two products a step hold twice the operands: the joint forward steps 32
 # positions (at 64, float32 tf32x3 spilled 80-208 bytes on every triton).
 FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2}, {"joint": True, "block_k": 32})
-BACKWARD_OPTIONS = ({"joint": True},)
+BACKWARD_OPTIONS = ({"joint": True}, {"split": 2})
 
 
 def option_rows():

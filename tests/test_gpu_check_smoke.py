@@ -88,6 +88,7 @@ def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
     forward = report["workloads"][0]["configs"]
     assert any(row["config"]["persistent"] for row in forward) and any(row["config"]["group"] > 1 for row in forward)
     assert all(any(row["config"]["joint"] for row in workload["configs"]) for workload in report["workloads"])
+    assert any(row["config"]["split"] > 1 for row in report["workloads"][1]["configs"])  # the backward's
     assert "group 2" in result.stdout and "persistent x2" in result.stdout and "joint" in result.stdout
 
 

@@ -47,8 +47,17 @@ JOINT = [
     (Config(32, 32, 4, 1, joint=True), 36, [(5, 5), (3, 1)]),
     (Config(64, 64, 4, 1, tile_order=True, tail_k=16, joint=True), 100, [(9, 9), (4, 4)]),
 ]
+# The backward's sweep over column blocks split across 2 or 3 programs a row
+# block (4 blocks at C = 64 with 16-wide blocks; 4 at C = 100 with 32-wide,
+# the last partial), and split more ways than there are blocks (C = 36).
+SPLIT = [
+    (Config(16, 16, 4, 1, split=2), 64, [(5, 5), (3, 1)]),
+    (Config(32, 32, 4, 1, tile_order=True, tail_k=16, split=3), 100, [(4, 4), (2, 2)]),
+    (Config(32, 32, 4, 1, split=4, joint=True), 36, [(3, 3)]),
+]
 IDS = [f"C{c}-{'tiles' if cfg.tile_order else 'plain'}-{cfg.block_c}x{cfg.block_k}-tail{cfg.tail_k}"
-       + ("-joint" if cfg.joint else "") for cfg, c, _ in CASES + JOINT]
+       + ("-joint" if cfg.joint else "") + (f"-split{cfg.split}" if cfg.split > 1 else "")
+       for cfg, c, _ in CASES + JOINT + SPLIT]
 
 
 def pairs(channels, sizes, generator):
@@ -58,7 +67,7 @@ def pairs(channels, sizes, generator):
 
 
 @pytest.mark.parametrize("config,channels,sizes", CASES + JOINT + PERSISTENT + GROUPED,
-                         ids=IDS + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT]
+                         ids=IDS[:len(CASES + JOINT)] + [f"C{c}-persistent{cfg.persistent}" for cfg, c, _ in PERSISTENT]
                          + [f"C{c}-{cfg.block_c}wide-group{cfg.group}" for cfg, c, _ in GROUPED])
 def test_scores_match_the_oracle(config, channels, sizes, rng, device):
     fxs, fys = pairs(channels, sizes, rng)
@@ -67,7 +76,7 @@ def test_scores_match_the_oracle(config, channels, sizes, rng, device):
     np.testing.assert_allclose(got.cpu().numpy(), exact, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("config,channels,sizes", CASES + JOINT, ids=IDS)
+@pytest.mark.parametrize("config,channels,sizes", CASES + JOINT + SPLIT, ids=IDS)
 def test_gradients_match_reference_autograd(config, channels, sizes, rng, device):
     fxs, fys = pairs(channels, sizes, rng)
     upstream = torch.rand(2, len(sizes), generator=rng, dtype=torch.float64)
@@ -89,6 +98,8 @@ def test_impossible_configs_are_refused():
         Config(32, 32, 4, 1, tail_k=8)
     with pytest.raises(ValueError, match="persistent must be >= 0 programs per multiprocessor, got -1"):
         Config(32, 32, 4, 1, persistent=-1)
+    with pytest.raises(ValueError, match="split must be >= 1 programs per row block, got 0"):
+        Config(32, 32, 4, 1, split=0)
     with pytest.raises(ValueError, match=r"group must be >= 1 block pairs per program.*got 0"):
         Config(32, 32, 4, 1, group=0)
     with pytest.raises(ValueError, match=r"and 1 with a persistent grid, got 2 \(persistent 2\)"):
