@@ -69,8 +69,9 @@ def grid(workload: Workload) -> List[Config]:
     """The configurations tried for one workload; each BLOCK_K list spans 64 to 256 bytes of a row.
 
     Each block shape runs in plain order with one tail step (the layout of
-    the first sweeps) and in tile order with 16-position tail steps. The
-    forward's 64-wide, 4-warp, 1-stage shapes in tile order also run as a
+    the first sweeps) and in tile order with 16-position tail steps; the
+    forward also tries 128-wide blocks with 8 warps. The forward's 64-wide,
+    4-warp, 1-stage shapes in tile order also run as a
     persistent grid of 2 and 4 programs per multiprocessor, and with 2 and 4
     block pairs per program (group); the backward's as 2 and 4 programs per
     row block (split); the 4-warp shapes in tile order also with x and y in
@@ -83,6 +84,7 @@ def grid(workload: Workload) -> List[Config]:
     shapes = itertools.product((32, 64), ks, (4, 8), (1, 2))
     configs = [layout(Config(c, k, w, s), tiles) for c, k, w, s in shapes for tiles in (False, True)]
     if not workload.backward:
+        configs += [Config(128, k, 8, stages, tile_order=True) for k in (16, 32) for stages in (1, 2)]
         wide = [config for config in configs
                 if config.tile_order and config.block_c == 64 and config.num_warps == 4 and config.num_stages == 1]
         configs += [replace(config, persistent=programs) for config in wide for programs in (2, 4)]
@@ -96,26 +98,28 @@ def grid(workload: Workload) -> List[Config]:
     return configs
 
 
-def options(rule: Config, backward: bool) -> List[Config]:
+def options(rule: Config, backward: bool) -> List[Tuple[str, Config]]:
     """The rule, the earlier rule, and the rule with each option the rule does
-    not take yet (x and y in one loop; forward: persistent grids, groups of
-    block pairs)."""
+    not take yet, by name: x and y in one loop; forward: persistent grids,
+    groups of block pairs, 2 and 3 pipeline stages, 128-wide blocks with 8
+    warps; backward: the sweep split across programs."""
     # Joint steps at most 32 positions: two products a step hold twice the
     # operands (tests/sm90.py).
-    configs = [rule, layout(rule, False), replace(rule, joint=True, block_k=min(rule.block_k, 32))]
+    named = [("rule", rule), ("earlier rule", layout(rule, False)),
+             ("joint", replace(rule, joint=True, block_k=min(rule.block_k, 32)))]
     if backward:
-        configs += [replace(rule, split=parts) for parts in (2, 4)]
-    else:
-        configs += [replace(rule, persistent=programs) for programs in (2, 4)]
-        configs += [replace(rule, group=pairs) for pairs in (2, 4)]
-    return configs
+        return named + [(f"split {parts}", replace(rule, split=parts)) for parts in (2, 4)]
+    named += [(f"persistent x{programs}", replace(rule, persistent=programs)) for programs in (2, 4)]
+    named += [(f"group {pairs}", replace(rule, group=pairs)) for pairs in (2, 4)]
+    named += [(f"stages {stages}", replace(rule, num_stages=stages)) for stages in (2, 3)]
+    return named + [("128 wide", replace(rule, block_c=128, block_k=32, num_warps=8, tile_order=True, tail_k=16))]
 
 
 def options_grid(workload: Workload) -> List[Config]:
     """The "options" subset: every option against the current rule, nothing else."""
     rule = kernels.pick_config(CHANNELS, DTYPES[workload.dtype], backward=workload.backward,
                                precision=workload.precision)
-    return options(rule, workload.backward)
+    return [config for _, config in options(rule, workload.backward)]
 
 
 def layout(config: Config, tiles: bool) -> Config:
@@ -345,8 +349,7 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
     for base in (smoke_workloads()[:1] if smoke else WORKLOADS[:2]):
         fxs, fys = features(base, device, channels)
         rule = kernels.pick_config(channels, DTYPES[base.dtype], precision=base.precision)
-        for index, config in enumerate(options(rule, False)):
-            name = ["rule", "earlier rule", "joint"][index] if index < 3 else option_name(config)
+        for name, config in options(rule, False):
             for level, size in enumerate(base.sizes):
                 one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
                 call = kernel_call(one, config, fxs[level:level + 1], fys[level:level + 1])

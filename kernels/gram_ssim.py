@@ -570,7 +570,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     level's two maps have the same number of positions (config.joint then
     applies). `aligned`: every length and stride of the maps is a multiple
     of 16 (see all_aligned);
-    only 64-wide blocks then vectorise their loads (ALIGNED): in 32-wide
+    only blocks 64 or more wide then vectorise their loads (ALIGNED): in 32-wide
     ones, vector loads made ptxas spill on three of the four supported
     tritons (tests/sm90.py).
     """
@@ -582,7 +582,7 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
         "ACC": tl.float64 if dtype == torch.float64 else tl.float32,
         "TAIL_K": config.tail_k if backward or config.tail_k < config.block_k else 0,
         "TILE_ORDER": config.tile_order,
-        "ALIGNED": aligned and config.block_c == 64,
+        "ALIGNED": aligned and config.block_c >= 64,
         "JOINT": config.joint and same_lengths,
     }
     if backward:

@@ -1,10 +1,11 @@
 """Compile the head's kernels for Hopper (sm_90) without a GPU and read their resources.
 
 Run as a script (without TRITON_INTERPRET) it prints one JSON line per kernel
-configuration, then per option at C = 512 ("option"): registers, stack (spills), shared memory, and from the PTX its
-length and its global loads by width (vector_loads: 8 bytes or more a load;
-scalar_loads: 2 or 4). tests/test_sm90_compile.py runs it in a subprocess,
-because the test session itself uses the interpreter.
+configuration, then one per option at C = 512 ("option"): registers, stack
+(spills), shared memory, and from the PTX its length and its global loads by
+width (vector_loads: 8 bytes or more a load; scalar_loads: 2 or 4;
+async_copies: cp.async, of pipelined loops). tests/test_sm90_compile.py runs
+it in a subprocess, because the test session itself uses the interpreter.
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ LOAD = re.compile(r"\bld\.global(?:\.[\w:]+?)*?(?:\.v(\d))?\.[bfus](\d+)\b")
 
 
 def global_loads(ptx: str) -> dict:
-    """PTX length and global load instructions by bytes a load: vector (8 or more), scalar (2 or 4)."""
+    """PTX length and global load instructions by bytes a load: vector (8 or more), scalar (2 or 4),
+    and asynchronous copies to shared memory (cp.async, what pipelined loops load with)."""
     widths = [int(elements or 1) * int(bits) // 8 for elements, bits in LOAD.findall(ptx)]
     return {
         "vector_loads": sum(width >= 8 for width in widths),
         "scalar_loads": sum(width in (2, 4) for width in widths),
+        "async_copies": len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
         "ptx_lines": ptx.count("\n"),
     }
 
@@ -99,7 +102,9 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
 # at C = 512 for the dtypes of the speed targets on aligned maps.
 # Two products a step hold twice the operands: the joint forward steps 32
 # positions (at 64, float32 tf32x3 spilled 80-208 bytes on every triton).
-FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2}, {"joint": True, "block_k": 32})
+FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2}, {"joint": True, "block_k": 32},
+                   {"num_stages": 2}, {"num_stages": 3},
+                   {"block_c": 128, "block_k": 32, "num_warps": 8, "tile_order": True, "tail_k": 16})
 BACKWARD_OPTIONS = ({"joint": True}, {"split": 2})
 
 
@@ -149,8 +154,8 @@ def main() -> None:
             print(json.dumps({"kernel": "backward", **row, **usage}), flush=True)
     for kernel, dtype, precision, option in option_rows():
         if not only or kernel in only:
-            row = {"dtype": str(dtype), "precision": precision, "channels": 512, "block_c": 64, "aligned": True,
-                   "option": option}
+            row = {"dtype": str(dtype), "precision": precision, "channels": 512, "block_c": option.get("block_c", 64),
+                   "aligned": True, "option": option}
             usage = (compile_forward if kernel == "forward" else compile_backward)(dtype, precision, 512, True, option)
             print(json.dumps({"kernel": kernel, **row, **usage}), flush=True)
 

@@ -78,7 +78,8 @@ def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
         assert all("median_ms" in row for row in workload["configs"]), workload["configs"]
         assert workload["rule_ms"] > 0 and workload["reference_ms"] > 0
     assert {row["precision"] for row in report["precisions"]} == {"ieee", "tf32x3", "tf32"}
-    names = ["rule", "earlier rule", "joint", "persistent x2", "persistent x4", "group 2", "group 4"]
+    names = ["rule", "earlier rule", "joint", "persistent x2", "persistent x4", "group 2", "group 4", "stages 2",
+             "stages 3", "128 wide"]
     assert [(row["config"], row["level"]) for row in report["levels"]] == [(n, level) for n in names for level in (0, 1)]
     # The smoke grid holds the rule's configuration for 16 channels, which
     # is also the earlier rule's (16-wide blocks stay in plain order).

@@ -28,6 +28,7 @@ CASES = [
     (Config(64, 32, 4, 1, tile_order=True, tail_k=32), 64, [(7, 6), (1, 1)]),
     (Config(32, 32, 4, 1, tile_order=False, tail_k=32), 64, [(7, 6), (2, 2)]),
     (Config(64, 32, 4, 1, tile_order=False, tail_k=16), 72, [(6, 9)]),
+    (Config(128, 16, 8, 1, tile_order=True, tail_k=16), 200, [(5, 4), (2, 1)]),
 ]
 # Persistent forwards: a few programs striding over every block pair (two
 # "multiprocessors" off the GPU), whether or not they divide the work.
@@ -150,7 +151,8 @@ def test_aligned_and_unaligned_maps_give_the_same_exact_results(rng, device):
     upstream = torch.rand(2, 2, generator=rng, dtype=torch.float64)
     leaves = [f.cpu().clone().requires_grad_() for f in fxs]
     (reference.multiscale_scores(leaves, [f.cpu() for f in fys], 1e-6) * upstream).sum().backward()
-    for config in (Config(64, 16, 4, 1, tile_order=True), Config(64, 32, 4, 1, tile_order=True, tail_k=16)):
+    for config in (Config(64, 16, 4, 1, tile_order=True), Config(64, 32, 4, 1, tile_order=True, tail_k=16),
+                   Config(128, 16, 8, 1, tile_order=True)):  # a 128-wide block, masked past C = 64
         for xs, ys in ((fxs, fys), moved):
             got = gram_ssim_forward(xs, ys, 1e-6, config=config)
             np.testing.assert_allclose(got.cpu().numpy(), exact, rtol=0, atol=1e-10)

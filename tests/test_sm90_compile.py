@@ -35,7 +35,7 @@ def test_every_configuration_was_compiled(report):
     assert len(report) == expected + len(list(sm90.option_rows()))
     options = {(row["kernel"], str(row["option"])) for row in report if "option" in row}
     assert options == {(kernel, str(option)) for kernel, _, _, option in sm90.option_rows()}
-    assert {row["block_c"] for row in report} == {16, 32, 64}
+    assert {row["block_c"] for row in report} == {16, 32, 64, 128}
 
 
 # The backward holds two Gram blocks, the gradient block and the tile
@@ -65,8 +65,8 @@ def test_aligned_maps_load_in_vectors(report):
     rows = [row for row in report if row["kernel"] == "forward" and row["channels"] == 512 and row["aligned"]]
     assert {row["dtype"] for row in rows} == {"torch.float32", "torch.float16", "torch.bfloat16"}
     assert any("option" in row for row in rows)
-    for row in rows:
-        assert row["scalar_loads"] <= 1 and row["vector_loads"] >= 16, row
+    for row in rows:  # pipelined loops (num_stages > 1) load through cp.async instead
+        assert row["scalar_loads"] <= 1 and max(row["vector_loads"], row["async_copies"]) >= 16, row
     unaligned = [row for row in report if row["kernel"] == "forward" and row["channels"] == 512 and not row["aligned"]
                  and row["dtype"] != "torch.float64"]
     assert unaligned and all(row["scalar_loads"] > 16 for row in unaligned)
