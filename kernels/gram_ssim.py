@@ -252,28 +252,20 @@ def _tiles_within(bi, bj, C, BLOCK_C: tl.constexpr, TILE_ORDER: tl.constexpr):
 
 
 @triton.jit
-def _aligned(v, ALIGNED: tl.constexpr):
-    """v, declared a multiple of 16 when the launcher found every length and stride to be one."""
-    if ALIGNED:
-        v = tl.multiple_of(v, 16)
-    return v
-
-
-@triton.jit
-def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED: tl.constexpr):
+def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5):
     """This level's feature bases for image b, both lengths and channel strides.
 
     They come from a table, so the compiler cannot see that they are
-    multiples of 16 unless ALIGNED says so; then each row of a panel starts
-    16-element aligned and its loads vectorise.
+    multiples of 16 (hints on these scalars do not reach the compiled code);
+    _panel_pointers says it of the pointers instead.
     """
     row = meta_ptr + level * 6  # a row of level_table: x length, strides (b, c), then y's
-    kx_len = _aligned(tl.load(row).to(tl.int32), ALIGNED)
-    x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * _aligned(tl.load(row + 1), ALIGNED)
-    sxc = _aligned(tl.load(row + 2).to(tl.int32), ALIGNED)
-    ky_len = _aligned(tl.load(row + 3).to(tl.int32), ALIGNED)
-    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * _aligned(tl.load(row + 4), ALIGNED)
-    syc = _aligned(tl.load(row + 5).to(tl.int32), ALIGNED)
+    kx_len = tl.load(row).to(tl.int32)
+    x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
+    sxc = tl.load(row + 2).to(tl.int32)
+    ky_len = tl.load(row + 3).to(tl.int32)
+    y_base = _pick(level, y0, y1, y2, y3, y4, y5) + b.to(tl.int64) * tl.load(row + 4)
+    syc = tl.load(row + 5).to(tl.int32)
     return x_base, y_base, kx_len, ky_len, sxc, syc
 
 
@@ -334,7 +326,7 @@ def _gram_ssim_forward_kernel(
             pair = item % T
             image_level = item // T
             x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-                meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
+                meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
             total = _score_block_pair(pair // width, pair % width, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
                                       BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
             tl.store(partial_ptr + item, total)
@@ -342,7 +334,7 @@ def _gram_ssim_forward_kernel(
         image_level = tl.program_id(2)
         r = tl.program_id(1)
         x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-            meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
+            meta_ptr, image_level % L, image_level // L, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
         total = _score_block_pair(r, tl.program_id(0) * GROUP, x_base, y_base, kx_len, ky_len, sxc, syc, eps, C,
                                   BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         for g in tl.static_range(1, GROUP):
@@ -438,7 +430,7 @@ def _gram_ssim_backward_kernel(
     b = image_level // L
     level = image_level % L
     x_base, y_base, kx_len, ky_len, sxc, syc = _level_setup(
-        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5, ALIGNED)
+        meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4, y5)
     images = tl.num_programs(1) // L
     out_base = (_pick(level, gx0, gx1, gx2, gx3, gx4, gx5)
                 + (part.to(tl.int64) * images + b.to(tl.int64)) * C * kx_len)

@@ -54,8 +54,8 @@ def map_scores(scores: np.ndarray, mos: np.ndarray) -> Tuple[np.ndarray, str]:
     return mapping(scores), name
 
 
-def _linear(scores: np.ndarray, mos: np.ndarray, sign: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
-    """Least-squares line; with `sign`, flat where the slope would have the other sign."""
+def _linear(scores: np.ndarray, mos: np.ndarray, sign: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Least-squares line, flat where its slope would not have `sign`'s sign."""
     if scores.std() == 0:
         return lambda values: np.full(np.shape(values), mos.mean())
     slope, intercept = np.polyfit(scores, mos, 1)
