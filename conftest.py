@@ -8,8 +8,6 @@ turn into skips there.
 """
 
 import os
-import platform
-import sys
 import zlib
 
 DEVICE = os.environ.get("MSDS_TEST_DEVICE", "cpu")
@@ -19,8 +17,7 @@ if not DEVICE.startswith("cuda"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
-TRITON_IS_A_DEPENDENCY = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+from tests.helpers import TRITON_IS_A_DEPENDENCY  # noqa: E402
 
 
 def pytest_sessionstart(session) -> None:

@@ -7,8 +7,9 @@ configuration (BLOCK_C, BLOCK_K, num_warps, num_stages), marking the one
 kernels.gram_ssim.pick_config chooses. Then the float32 precisions' speeds.
 The rule in pick_config is read off these tables; nothing is tuned at run
 time. Rows under 0.2 ms are timed as CUDA graph replays, so host gaps
-between launches do not hide kernel time. Every configuration is compiled first in a pool of processes (they
-fill Triton's cache), so the grid costs seconds, not minutes.
+between launches do not hide kernel time. Every configuration is compiled
+first in a pool of processes (they fill Triton's cache), so the grid costs
+seconds, not minutes.
 
 `--smoke` runs a tiny grid on the CPU under the Triton interpreter, to check
 the script itself.
@@ -71,11 +72,11 @@ def grid(workload: Workload) -> List[Config]:
     Each block shape runs in plain order with one tail step (the layout of
     the first sweeps) and in tile order with 16-position tail steps; the
     forward also tries 128-wide blocks with 8 warps. The forward's 64-wide,
-    4-warp, 1-stage shapes in tile order also run as a
-    persistent grid of 2 and 4 programs per multiprocessor, and with 2 and 4
-    block pairs per program (group); the backward's as 2 and 4 programs per
-    row block (split); the 4-warp shapes in tile order also with x and y in
-    one loop (joint).
+    4-warp, 1-stage shapes in tile order also run as a persistent grid of 2
+    and 4 programs per multiprocessor, and with 2 and 4 block pairs per
+    program (group); the backward's as 2 and 4 programs per row block
+    (split); the 4-warp shapes in tile order also with x and y in one loop
+    (joint).
     """
     if workload.backward:
         ks = (16, 32) if workload.dtype == "fp32" else (16, 32, 64)
@@ -368,9 +369,9 @@ def option_name(config: Config) -> str:
 
 def describe(config: dict) -> str:
     order = "tiles" if config["tile_order"] else "plain"
-    options = option_name(Config(**config))
+    taken = option_name(Config(**config))
     return (f"C{config['block_c']:<3d} K{config['block_k']:<4d} w{config['num_warps']} s{config['num_stages']} "
-            f"{order} tail{config['tail_k']:<3d}{' ' + options if options else ''}")
+            f"{order} tail{config['tail_k']:<3d}{' ' + taken if taken else ''}")
 
 
 def print_workload(result: dict) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -374,9 +374,8 @@ def _accumulate_rows(
 
     `out` is this level's contiguous (C, k_len) gradient for one image. The
     program owns these rows, so plain loads and stores suffice; its first
-    column block writes instead of adding (`adding` is false). Features are upcast to
-    gbar's precision: gbar is far too small and varied for 16 bits. With
-    ALIGNED and 16-position steps, every step is whole.
+    column block writes instead of adding (`adding` is false). Features are
+    upcast to gbar's precision: gbar is far too small and varied for 16 bits.
     """
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
     cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
@@ -561,10 +560,9 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     spill least on sm_90 across the supported tritons. `same_lengths`: each
     level's two maps have the same number of positions (config.joint then
     applies). `aligned`: every length and stride of the maps is a multiple
-    of 16 (see all_aligned);
-    only blocks 64 or more wide then vectorise their loads (ALIGNED): in 32-wide
-    ones, vector loads made ptxas spill on three of the four supported
-    tritons (tests/sm90.py).
+    of 16 (see all_aligned); only blocks 64 or more wide then vectorise
+    their loads (ALIGNED): in 32-wide ones, vector loads made ptxas spill on
+    three of the four supported tritons (tests/sm90.py).
     """
     constants = {
         "BLOCK_C": config.block_c,
@@ -603,6 +601,12 @@ def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> 
     synchronises the device (and cannot happen inside a CUDA graph capture).
     """
     return torch.tensor(values, dtype=dtype, device=device)
+
+
+def folded_grid(blocks: int) -> Tuple[int, int]:
+    """(width, rows) of the upper triangle of blocks x blocks block pairs folded
+    into a rectangle, as _folded_width and _block_pair read it."""
+    return blocks + 1 - blocks % 2, (blocks + 1) // 2
 
 
 def same_lengths(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> bool:
@@ -693,7 +697,8 @@ def gram_ssim_forward(
         grid = (min(items, config.persistent * multiprocessors(device)),)
         partials = torch.empty(batch * levels, pairs, dtype=acc, device=device)
     else:  # the upper triangle of block pairs folded into a rectangle (see _block_pair)
-        grid = (triton.cdiv(blocks + 1 - blocks % 2, config.group), (blocks + 1) // 2, batch * levels)
+        width, rows = folded_grid(blocks)
+        grid = (triton.cdiv(width, config.group), rows, batch * levels)
         partials = torch.empty(batch * levels, grid[0] * grid[1], dtype=acc, device=device)
     _gram_ssim_forward_kernel[grid](
         *padded(fx), *padded(fy), level_table(fx, fy), partials,

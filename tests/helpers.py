@@ -12,13 +12,17 @@ import torch
 from PIL import Image
 
 
+# setup.py installs triton on Linux x86_64 only.
+TRITON_IS_A_DEPENDENCY = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+
+
 def require_triton() -> None:
     """Skip the calling test (or module) where triton is no dependency of msds.
 
-    On Linux x86_64 it is one, and conftest.py stops the run before any test
-    when it cannot be imported, so there this never skips.
+    Where it is one, conftest.py stops the run before any test when it
+    cannot be imported, so there this never skips.
     """
-    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+    if not TRITON_IS_A_DEPENDENCY:
         pytest.importorskip("triton", reason="triton is a dependency of msds on Linux x86_64 only")
 
 

@@ -121,7 +121,7 @@ def _block_pairs_kernel(out, C, BLOCK_C: tl.constexpr):
 def test_folded_grid_covers_every_block_pair_once(blocks, device):
     # The forward's grid folds the upper triangle of block pairs into a
     # rectangle; every pair (bi <= bj) must come out exactly once.
-    width, rows = blocks + 1 - blocks % 2, (blocks + 1) // 2
+    width, rows = kernels.folded_grid(blocks)
     out = torch.full((width * rows, 2), -1, dtype=torch.int32, device=device)
     _block_pairs_kernel[(width, rows)](out, 16 * blocks - 4, BLOCK_C=16)  # a partial last block too
     got = sorted(map(tuple, out.cpu().tolist()))
