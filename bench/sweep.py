@@ -4,7 +4,7 @@ For each head workload of the speed targets it prints the two floors (the
 FLOPs over the card's measured matrix rate, the bytes over its measured copy
 bandwidth), the reference head's median, and the median of every
 configuration (BLOCK_C, BLOCK_K, num_warps, num_stages), marking the one
-kernels.gram_ssim.pick_config chooses. Then the float32 precisions' speeds.
+kernels.config.pick_config chooses. Then the float32 precisions' speeds.
 The rule in pick_config is read off these tables; nothing is tuned at run
 time. Rows under 0.2 ms are timed as CUDA graph replays, so host gaps
 between launches do not hide kernel time. Every configuration is compiled
@@ -52,6 +52,7 @@ class Workload:
     dtype: str          # "fp32" or "bf16"
     backward: bool      # forward + backward of one input, else forward alone
     precision: str = "tf32x3"
+    both: bool = False  # the backward of both inputs (a loss against a target that is learnt too)
 
 
 WORKLOADS = [
@@ -62,6 +63,8 @@ WORKLOADS = [
     Workload("forward+backward B256 256px bf16", 256, tuple(LEVELS_256), "bf16", True),
     # Few programs (16 images x 3 levels x 8 row blocks): where splitting the backward's sweep should pay.
     Workload("forward+backward B16 1024px fp32", 16, tuple(LEVELS_1024), "fp32", True),
+    # Both images' gradients: one launch (Config.both) against the rule's two.
+    Workload("forward+backward both inputs B256 256px bf16", 256, tuple(LEVELS_256), "bf16", True, both=True),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -96,31 +99,56 @@ def grid(workload: Workload) -> List[Config]:
     configs += [replace(config, joint=True) for config in configs
                 if config.tile_order and config.num_warps == 4 and not config.persistent and config.group == 1
                 and config.split == 1]
-    return configs
+    if workload.both:  # each configuration in one launch for both images, beside the rule's two launches
+        configs = [replace(config, both=True) for config in configs]
+    rule = kernels.pick_config(CHANNELS, DTYPES[workload.dtype], backward=workload.backward,
+                               precision=workload.precision)
+    return configs + [config for _, config in options(rule, workload)[2:] if config not in configs]
 
 
-def options(rule: Config, backward: bool) -> List[Tuple[str, Config]]:
+def options(rule: Config, workload: Workload) -> List[Tuple[str, Config]]:
     """The rule, the earlier rule, and the rule with each option the rule does
     not take yet, by name: x and y in one loop; forward: persistent grids,
     groups of block pairs, 2 and 3 pipeline stages, 128-wide blocks with 8
-    warps; backward: the sweep split across programs."""
+    warps, the small-level kernel (where a level is short enough); backward:
+    the sweep split across programs, gradient rows in registers, 16-bit
+    gradient products (bf16), both images' gradients from one launch (where
+    both are wanted). Options that would not change this workload's launches
+    are left out."""
     # Joint steps at most 32 positions: two products a step hold twice the
     # operands (tests/sm90.py).
     named = [("rule", rule), ("earlier rule", layout(rule, False)),
              ("joint", replace(rule, joint=True, block_k=min(rule.block_k, 32)))]
-    if backward:
-        return named + [(f"split {parts}", replace(rule, split=parts)) for parts in (2, 4)]
+    shortest = min(h * w for h, w in workload.sizes)
+    if workload.both:  # 4 warps of 64-wide blocks spill with two gradient blocks live (tests/sm90.py)
+        return named[:2] + [("both w8", replace(rule, both=True, num_warps=8)),
+                            ("both 32 wide", replace(rule, both=True, block_c=32)),
+                            ("both resident 16", replace(rule, both=True, resident=16)),
+                            ("both 32 wide resident 64", replace(rule, both=True, block_c=32, resident=64))]
+    if workload.backward:
+        named += [(f"split {parts}", replace(rule, split=parts)) for parts in (2, 4)]
+        # Held rows: BLOCK_C x 64 fp32 values a program (32 registers a thread at 4 warps).
+        if shortest <= 64:
+            named += [("resident 64", replace(rule, resident=64)), ("resident 64 w8", replace(rule, resident=64,
+                                                                                              num_warps=8))]
+        if workload.dtype == "bf16":
+            named += [("grad16", replace(rule, grad16=True))]
+        return named
     named += [(f"persistent x{programs}", replace(rule, persistent=programs)) for programs in (2, 4)]
     named += [(f"group {pairs}", replace(rule, group=pairs)) for pairs in (2, 4)]
     named += [(f"stages {stages}", replace(rule, num_stages=stages)) for stages in (2, 3)]
-    return named + [("128 wide", replace(rule, block_c=128, block_k=32, num_warps=8, tile_order=True, tail_k=16))]
+    named += [("128 wide", replace(rule, block_c=128, block_k=32, num_warps=8, tile_order=True, tail_k=16))]
+    for limit, pairs in ((16, 4), (16, 9), (64, 4)):  # levels of 4 x 4 (and 8 x 8) maps
+        if shortest <= limit:
+            named += [(f"small {limit} x{pairs}", replace(rule, small=limit, small_group=pairs))]
+    return named
 
 
 def options_grid(workload: Workload) -> List[Config]:
     """The "options" subset: every option against the current rule, nothing else."""
     rule = kernels.pick_config(CHANNELS, DTYPES[workload.dtype], backward=workload.backward,
                                precision=workload.precision)
-    return [config for _, config in options(rule, workload.backward)]
+    return [config for _, config in options(rule, workload)]
 
 
 def layout(config: Config, tiles: bool) -> Config:
@@ -131,15 +159,21 @@ def layout(config: Config, tiles: bool) -> Config:
 
 def smoke_workloads() -> List[Workload]:
     return [Workload("forward smoke", 2, ((3, 3), (2, 2)), "fp32", False),
-            Workload("forward+backward smoke", 2, ((3, 3), (2, 2)), "fp32", True)]
+            Workload("forward+backward smoke", 2, ((3, 3), (2, 2)), "fp32", True),
+            Workload("forward+backward both inputs smoke", 2, ((3, 3), (2, 2)), "fp32", True, both=True)]
 
 
 def smoke_grid(workload: Workload) -> List[Config]:
+    """A few configurations of each kind, every option among them."""
     configs = [Config(16, 16, 4, 1), Config(32, 16, 4, 2), layout(Config(32, 32, 4, 1), True),
                Config(16, 16, 4, 1, joint=True)]
+    if workload.both:
+        return configs + [Config(16, 16, 4, 1, both=True), Config(16, 16, 4, 1, both=True, resident=16)]
     if workload.backward:
-        return configs + [Config(16, 16, 4, 1, split=2)]
-    return configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2)]
+        return configs + [Config(16, 16, 4, 1, split=2), Config(16, 16, 4, 1, resident=16),
+                          Config(16, 16, 4, 1, grad16=True)]
+    return configs + [Config(32, 32, 4, 1, persistent=2), Config(16, 16, 4, 1, group=2),
+                      Config(16, 16, 4, 1, small=16, small_group=2)]
 
 
 # --- inputs and the functions timed ---------------------------------------------------------------
@@ -164,7 +198,7 @@ def kernel_call(workload: Workload, config: Optional[Config], fxs, fys, precisio
 
     def forward_backward():
         kernels.gram_ssim_forward(fxs, fys, EPS, precision)
-        kernels.gram_ssim_backward(grad, fxs, fys, EPS, precision, config)
+        kernels.gram_ssim_backward(grad, fxs, fys, EPS, precision, config, both=workload.both)
 
     return forward_backward
 
@@ -176,10 +210,11 @@ def reference_call(workload: Workload, fxs, fys):
                 msds.multiscale_gram_ssim(fxs, fys, backend="reference")
         return forward
     leaves = [f.detach().requires_grad_() for f in fxs]
+    others = [f.detach().requires_grad_(workload.both) for f in fys]
 
     def forward_backward():
-        scores = msds.multiscale_gram_ssim(leaves, fys, backend="reference")
-        torch.autograd.grad(scores.sum(), leaves)
+        scores = msds.multiscale_gram_ssim(leaves, others, backend="reference")
+        torch.autograd.grad(scores.sum(), leaves + (others if workload.both else []))
 
     return forward_backward
 
@@ -278,9 +313,10 @@ def floors(workload: Workload, channels: int, card: Dict[str, Optional[float]]) 
     itemsize = DTYPES[workload.dtype].itemsize
     data = workload.batch * 2 * channels * positions * itemsize
     if workload.backward:
-        flops *= 2  # the Gram blocks are formed again for the gradient
-        flops += workload.batch * 2 * channels**2 * positions
-        data += workload.batch * channels * positions * 4
+        inputs = 2 if workload.both else 1
+        flops *= 2  # the Gram blocks are formed again for the gradient (once for both inputs at best)
+        flops += inputs * workload.batch * 2 * channels**2 * positions
+        data += inputs * workload.batch * channels * positions * 4
     if workload.dtype == "bf16":
         rate = card["bf16_tflops"]
     else:
@@ -350,7 +386,7 @@ def level_split(device: torch.device, channels: int, smoke: bool) -> List[dict]:
     for base in (smoke_workloads()[:1] if smoke else WORKLOADS[:2]):
         fxs, fys = features(base, device, channels)
         rule = kernels.pick_config(channels, DTYPES[base.dtype], precision=base.precision)
-        for name, config in options(rule, False):
+        for name, config in options(rule, base):
             for level, size in enumerate(base.sizes):
                 one = Workload(f"{base.name} level {level}", base.batch, (size,), base.dtype, False)
                 call = kernel_call(one, config, fxs[level:level + 1], fys[level:level + 1])
@@ -364,7 +400,10 @@ def option_name(config: Config) -> str:
     names = [f"persistent x{config.persistent}"] if config.persistent else []
     names += [f"group {config.group}"] if config.group > 1 else []
     names += [f"split {config.split}"] if config.split > 1 else []
-    return " ".join(names + (["joint"] if config.joint else []))
+    names += [f"small {config.small} x{config.small_group}"] if config.small else []
+    names += [f"resident {config.resident}"] if config.resident else []
+    names += [name for name in ("joint", "both", "grad16") if getattr(config, name)]
+    return " ".join(names)
 
 
 def describe(config: dict) -> str:

@@ -4,7 +4,7 @@ the same)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -16,6 +16,9 @@ MAX_LEVELS = 6
 # Dot precisions for float32 features: "ieee" and "tf32x3" are fp32-accurate,
 # "tf32" rounds the operands to 10-bit mantissas (faster, opt-in).
 PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+SMALL_MAX = 64  # the small-level kernel loads a whole level at once
+RESIDENT_MAX = 256  # gradient rows held in registers: BLOCK_C x this many positions
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class Config:
     group: int = 1  # forward only: block pairs per program, side by side in a row of the folded triangle
     joint: bool = False  # x's and y's Gram blocks in one loop where every level's two lengths are equal
     split: int = 1  # backward only: each row block's sweep over column blocks split across this many programs
+    small: int = 0  # forward only: levels of at most this many positions (<= 64) go to the small-level kernel
+    small_group: int = 4  # forward only: block pairs per program of the small-level kernel
+    both: bool = False  # backward only: both images' gradients from one launch, when both are wanted
+    resident: int = 0  # backward only: levels of at most this many positions keep their gradient rows in registers
+    grad16: bool = False  # backward only: 16-bit features multiply the gradient factor in 16-bit parts
 
     def __post_init__(self):
         if self.tile_order and self.block_c < 32:
@@ -43,6 +51,12 @@ class Config:
         if self.group < 1 or (self.group > 1 and self.persistent):
             raise ValueError(f"group must be >= 1 block pairs per program, and 1 with a persistent grid, "
                              f"got {self.group} (persistent {self.persistent})")
+        if not 0 <= self.small <= SMALL_MAX:
+            raise ValueError(f"small must be 0 (off) to {SMALL_MAX} positions, got {self.small}")
+        if self.small_group < 1:
+            raise ValueError(f"small_group must be >= 1 block pairs per program, got {self.small_group}")
+        if not 0 <= self.resident <= RESIDENT_MAX:
+            raise ValueError(f"resident must be 0 (off) to {RESIDENT_MAX} positions, got {self.resident}")
 
 
 def pick_config(channels: int, dtype: torch.dtype, backward: bool = False, precision: str = "tf32x3") -> Config:
@@ -116,7 +130,7 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channels: int, backward: bool,
-                     aligned: bool = True, same_lengths: bool = True) -> dict:
+                     aligned: bool = True, same_lengths: bool = True, resident: int = 0, both: bool = False) -> dict:
     """The compile-time arguments of a launch (tests/sm90.py compiles with the same).
 
     A tail as long as BLOCK_K is one step; the forward takes it without a
@@ -126,7 +140,10 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     applies). `aligned`: every length and stride of the maps is a multiple
     of 16 (see all_aligned); only blocks 64 or more wide then vectorise
     their loads (ALIGNED): in 32-wide ones, vector loads made ptxas spill on
-    three of the four supported tritons (tests/sm90.py).
+    three of the four supported tritons (tests/sm90.py). Backward only:
+    `resident`, the positions (a power of two, 0 for none) of the gradient
+    rows a program holds in registers (see resident_positions); `both`, the
+    launch computes both images' gradients.
     """
     constants = {
         "BLOCK_C": config.block_c,
@@ -142,7 +159,28 @@ def kernel_constants(config: Config, dtype: torch.dtype, precision: str, channel
     if backward:
         constants["GRAD_PRECISION"] = gradient_precision(dtype, precision)
         constants["SPLIT"] = backward_parts(config, channels)
+        constants["RESIDENT"] = resident
+        constants["BOTH"] = both
+        constants["GRAD16"] = config.grad16 and dtype in (torch.float16, torch.bfloat16)
     else:
         constants["PERSISTENT"] = config.persistent > 0
         constants["GROUP"] = config.group
     return constants
+
+
+def small_level_constants(config: Config, dtype: torch.dtype, precision: str, channels: int,
+                          kx: int, ky: int, aligned: bool = True) -> dict:
+    """The compile-time arguments of a small-level launch: the level's lengths
+    kx and ky, and one step of BLOCK_K positions that covers both."""
+    constants = kernel_constants(replace(config, block_k=max(16, triton.next_power_of_2(max(kx, ky)))),
+                                 dtype, precision, channels, backward=False, aligned=aligned, same_lengths=kx == ky)
+    del constants["TAIL_K"], constants["PERSISTENT"]
+    return {**constants, "KX": kx, "KY": ky, "GROUP": config.small_group}
+
+
+def resident_positions(config: Config, lengths) -> int:
+    """Positions of the gradient rows a backward program holds in registers
+    for levels of these lengths: the next power of two (16 at least) of the
+    longest, or 0 (rows streamed through memory) past config.resident."""
+    longest = max(lengths)
+    return max(16, triton.next_power_of_2(longest)) if longest <= config.resident else 0

@@ -38,9 +38,10 @@ def gram_ssim_backward_op(
     grad: Tensor, xs: List[Tensor], ys: List[Tensor], eps: float, precision: str, need_x: bool, need_y: bool
 ) -> List[Tensor]:
     """Per-level gradients in the features' dtype: x's if need_x, then y's if need_y."""
-    grads = gram_ssim_backward(grad, xs, ys, eps, precision) if need_x else []
-    if need_y:  # the score is symmetric in x and y
-        grads += gram_ssim_backward(grad, ys, xs, eps, precision)
+    if need_x:
+        grads = gram_ssim_backward(grad, xs, ys, eps, precision, both=need_y)
+    else:  # the score is symmetric in x and y
+        grads = gram_ssim_backward(grad, ys, xs, eps, precision) if need_y else []
     return [g.to(xs[0].dtype) for g in grads]
 
 

@@ -226,7 +226,7 @@ def _level_setup(meta_ptr, level, b, x0, x1, x2, x3, x4, x5, y0, y1, y2, y3, y4,
     multiples of 16 (hints on these scalars do not reach the compiled code);
     _panel_pointers says it of the pointers instead.
     """
-    row = meta_ptr + level * 6  # a row of level_table: x length, strides (b, c), then y's
+    row = meta_ptr + level * 7  # a row of level_table: x length, strides (b, c), then y's
     kx_len = tl.load(row).to(tl.int32)
     x_base = _pick(level, x0, x1, x2, x3, x4, x5) + b.to(tl.int64) * tl.load(row + 1)
     sxc = tl.load(row + 2).to(tl.int32)

@@ -105,15 +105,31 @@ def _compile(fn, signature: dict, constexprs: dict, config) -> dict:
 FORWARD_OPTIONS = ({"group": 2}, {"group": 4}, {"persistent": 2}, {"joint": True, "block_k": 32},
                    {"num_stages": 2}, {"num_stages": 3},
                    {"block_c": 128, "block_k": 32, "num_warps": 8, "tile_order": True, "tail_k": 16})
-BACKWARD_OPTIONS = ({"joint": True}, {"split": 2})
+# The small-level kernel, compiled for levels of `small` positions in both
+# images (4 x 4 and 8 x 8 maps, the 256 x 256 workloads' shortest two).
+SMALL_LEVEL_OPTIONS = ({"small": 16, "small_group": 4}, {"small": 16, "small_group": 9},
+                       {"small": 64, "small_group": 4})
+# Resident rows compile for levels of `resident` positions (the launch that
+# keeps its rows in registers; the others stream as the rule does). Both
+# images' gradients at 4 warps of 64-wide blocks spill (fp32: 136 bytes; with
+# rows of 32 or more positions held, 64 to 304), hence 8 warps or 32-wide
+# blocks there.
+BACKWARD_OPTIONS = ({"joint": True}, {"split": 2}, {"resident": 64}, {"resident": 64, "num_warps": 8},
+                    {"grad16": True}, {"both": True, "num_warps": 8}, {"both": True, "block_c": 32},
+                    {"both": True, "resident": 16}, {"both": True, "block_c": 32, "resident": 64})
 
 
 def option_rows():
-    """(kernel, dtype, precision, option) for each option."""
+    """(kernel, dtype, precision, option, channels) for each option: at C = 512
+    (64-wide blocks unless the option says otherwise), and at C = 100, where
+    the rule's 16-wide blocks (or the option's) end in a partial block."""
     for dtype, precision in ((torch.float32, "tf32x3"), (torch.bfloat16, "ieee")):
-        for kernel, options in (("forward", FORWARD_OPTIONS), ("backward", BACKWARD_OPTIONS)):
-            for option in options:
-                yield kernel, dtype, precision, option
+        for kernel, options in (("forward", FORWARD_OPTIONS), ("small_level", SMALL_LEVEL_OPTIONS),
+                                ("backward", BACKWARD_OPTIONS)):
+            for option, channels in itertools.product(options, (512, 100)):
+                if kernel == "backward" and option.get("grad16") and dtype == torch.float32:
+                    continue  # 16-bit products are for 16-bit features
+                yield kernel, dtype, precision, option, channels
 
 
 def compile_forward(dtype: torch.dtype, precision: str, channels: int, aligned: bool, option: dict = {}) -> dict:
@@ -123,9 +139,22 @@ def compile_forward(dtype: torch.dtype, precision: str, channels: int, aligned: 
     signature = {
         **_pointers("x", elem), **_pointers("y", elem), "meta_ptr": "*i64",
         "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "T": "i32", "ITEMS": "i32",
+        "L_OUT": "i32", "P": "i32",
     }
     constexprs = K.kernel_constants(config, dtype, precision, channels, backward=False, aligned=aligned)
     return _compile(K._gram_ssim_forward_kernel, signature, constexprs, config)
+
+
+def compile_small_level(dtype: torch.dtype, precision: str, channels: int, aligned: bool, option: dict) -> dict:
+    config = replace(K.pick_config(channels, dtype, precision=precision), **option)
+    elem = TORCH_TO_TRITON[dtype]
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    signature = {
+        "x_ptr": f"*{elem}", "y_ptr": f"*{elem}", "partial_ptr": f"*{acc}", "eps_ptr": f"*{acc}",
+        **{name: "i32" for name in ("C", "sxb", "sxc", "syb", "syc", "PAIRS", "L_OUT", "P", "OUT_LEVEL")},
+    }
+    constexprs = K.small_level_constants(config, dtype, precision, channels, config.small, config.small, aligned)
+    return _compile(K._small_level_kernel, signature, constexprs, config)
 
 
 def compile_backward(dtype: torch.dtype, precision: str, channels: int, aligned: bool, option: dict = {}) -> dict:
@@ -133,15 +162,25 @@ def compile_backward(dtype: torch.dtype, precision: str, channels: int, aligned:
     elem = TORCH_TO_TRITON[dtype]
     acc = "fp64" if dtype == torch.float64 else "fp32"
     signature = {
-        **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc),
+        **_pointers("x", elem), **_pointers("y", elem), **_pointers("gx", acc), **_pointers("gy", acc),
         "meta_ptr": "*i64", "grad_ptr": f"*{acc}", "eps_ptr": f"*{acc}", "C": "i32", "L": "i32", "NB": "i32",
     }
-    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=True, aligned=aligned)
+    constexprs = K.kernel_constants(config, dtype, precision, channels, backward=True, aligned=aligned,
+                                    resident=config.resident, both=config.both)
     return _compile(K._gram_ssim_backward_kernel, signature, constexprs, config)
 
 
+def compile_finish(acc: str) -> dict:
+    signature = {"partial_ptr": f"*{acc}", "count_ptr": "*i32", "out_ptr": f"*{acc}", "L": "i32", "P": "i32",
+                 "TILES": "i32"}
+    return _compile(K._finish_kernel, signature, {"CHUNK": 256}, K.Config(16, 16, 4, 1))
+
+
+COMPILERS = {"forward": compile_forward, "small_level": compile_small_level, "backward": compile_backward}
+
+
 def main() -> None:
-    only = sys.argv[1:]  # optional filter: forward / backward
+    only = sys.argv[1:]  # optional filter: forward / small_level / backward / finish
     for dtype, precision, channels, aligned in configurations():
         block_c = K.pick_config(channels, dtype).block_c
         row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c,
@@ -152,13 +191,16 @@ def main() -> None:
         if not only or "backward" in only:
             usage = compile_backward(dtype, precision, channels, aligned)
             print(json.dumps({"kernel": "backward", **row, **usage}), flush=True)
-    for kernel, dtype, precision, option in option_rows():
+    for kernel, dtype, precision, option, channels in option_rows():
         if not only or kernel in only:
-            row = {"dtype": str(dtype), "precision": precision, "channels": 512, "block_c": option.get("block_c", 64),
+            block_c = option.get("block_c", K.pick_config(channels, dtype).block_c)
+            row = {"dtype": str(dtype), "precision": precision, "channels": channels, "block_c": block_c,
                    "aligned": True, "option": option}
-            usage = (compile_forward if kernel == "forward" else compile_backward)(dtype, precision, 512, True, option)
+            usage = COMPILERS[kernel](dtype, precision, channels, True, option)
             print(json.dumps({"kernel": kernel, **row, **usage}), flush=True)
-
+    if not only or "finish" in only:
+        for acc in ("fp32", "fp64"):
+            print(json.dumps({"kernel": "finish", "dtype": acc, "block_c": 16, **compile_finish(acc)}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -79,7 +79,7 @@ def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
         assert workload["rule_ms"] > 0 and workload["reference_ms"] > 0
     assert {row["precision"] for row in report["precisions"]} == {"ieee", "tf32x3", "tf32"}
     names = ["rule", "earlier rule", "joint", "persistent x2", "persistent x4", "group 2", "group 4", "stages 2",
-             "stages 3", "128 wide"]
+             "stages 3", "128 wide", "small 16 x4", "small 16 x9", "small 64 x4"]
     assert [(row["config"], row["level"]) for row in report["levels"]] == [(n, level) for n in names for level in (0, 1)]
     # The smoke grid holds the rule's configuration for 16 channels, which
     # is also the earlier rule's (16-wide blocks stay in plain order).
@@ -89,8 +89,13 @@ def test_sweep_smoke_times_every_configuration_and_marks_the_rule(tmp_path):
     forward = report["workloads"][0]["configs"]
     assert any(row["config"]["persistent"] for row in forward) and any(row["config"]["group"] > 1 for row in forward)
     assert all(any(row["config"]["joint"] for row in workload["configs"]) for workload in report["workloads"])
-    assert any(row["config"]["split"] > 1 for row in report["workloads"][1]["configs"])  # the backward's
-    assert "group 2" in result.stdout and "persistent x2" in result.stdout and "joint" in result.stdout
+    backward, both = report["workloads"][1]["configs"], report["workloads"][2]["configs"]
+    assert any(row["config"]["split"] > 1 for row in backward) and any(row["config"]["resident"] for row in backward)
+    assert any(row["config"]["grad16"] for row in backward)
+    assert any(row["config"]["both"] and row["config"]["resident"] for row in both)
+    assert any(row["config"]["small"] for row in forward)
+    for option in ("group 2", "persistent x2", "joint", "small 16 x2", "resident 16", "grad16", "both", "split 2"):
+        assert option in result.stdout, option
 
 
 def test_sweep_floors_count_the_upper_triangle_and_every_byte():
