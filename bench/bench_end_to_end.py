@@ -2,7 +2,10 @@
 many distorted images against one reference; fast path against plain.
 
 Configurations: "plain" (fp32 NCHW trunk, one pass per image, reference
-head), "fast-fp32" and "fast-bf16" (the fast path, fp32 or bf16 trunk).
+head), "plain-cudnn-benchmark" (the same with torch.backends.cudnn.benchmark
+on, the one global flag any user can set, so the fast path's gain over
+"plain" is not that flag's), "fast-fp32" and "fast-bf16" (the fast path,
+fp32 or bf16 trunk).
 extra_info adds the trunk's achieved TFLOP/s and the card's measured bf16
 matrix rate, so a row reads as a fraction of the arithmetic floor. On the CPU
 (the default) each row runs once on tiny images as a smoke test.
@@ -16,6 +19,7 @@ from bench.common import bf16_matmul_tflops, environment, peak_extra_memory, pyr
 
 CONFIGS = {
     "plain": {"fast": False},
+    "plain-cudnn-benchmark": {"fast": False},
     "fast-fp32": {"fast": True},
     "fast-bf16": {"fast": True, "trunk_dtype": torch.bfloat16},
 }
@@ -51,14 +55,28 @@ def images(batch, size, device):
 
 
 def model_for(config, levels, device, as_loss=False):
-    kwargs = dict(CONFIGS[config])
+    kwargs = dict(CONFIGS[config])  # plain-cudnn-benchmark's flag is set around each call (record)
     if smoke(device):
         kwargs["backend"] = "reference"  # the interpreter is far too slow for whole images
     return msds.MSDS(levels=levels, weights=None, as_loss=as_loss, check_range=False, **kwargs).to(device)
 
 
+def cudnn_benchmark(fn):
+    """fn with cuDNN's benchmark mode on while it runs (and as it was after)."""
+    def run():
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            fn()
+        finally:
+            torch.backends.cudnn.benchmark = previous
+    return run
+
+
 def record(benchmark, fn, device, card_rate, gflop, **info):
     """Time fn; extra_info holds the actual shapes and `row`, the nominal (batch, side, levels)."""
+    if info.get("config") == "plain-cudnn-benchmark":
+        fn = cudnn_benchmark(fn)
     benchmark.extra_info.update(environment(device))
     benchmark.extra_info.update(info, smoke=smoke(device), trunk_gflop=gflop, card_bf16_tflops=card_rate)
     benchmark.extra_info["peak_extra_bytes"] = peak_extra_memory(fn, device)

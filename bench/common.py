@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -95,6 +96,29 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> Optional[int]:
+    """Bytes the process's resident set grew to at peak during a call of fn (Linux).
+
+    fn runs once first, so one-off allocations (weights, caches) are not
+    counted; the kernel's high-water mark is then reset (clear_refs 5).
+    None where /proc does not offer that.
+    """
+    status = Path("/proc/self/status")
+
+    def field(name: str) -> int:
+        line = next(line for line in status.read_text().splitlines() if line.startswith(name + ":"))
+        return int(line.split()[1]) * 1024
+
+    try:
+        fn()
+        Path("/proc/self/clear_refs").write_text("5")
+        before = field("VmRSS")
+        fn()
+        return field("VmHWM") - before
+    except (OSError, StopIteration):
+        return None
 
 
 def environment(device: torch.device) -> Dict[str, object]:

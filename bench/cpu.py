@@ -11,7 +11,11 @@ pytest-benchmark rows, for regression tracking.
 Baselines: the plain configuration (NCHW trunk, one pass per image); the
 "official" formulation of DeepSSIM (each image through the NCHW trunk, then
 the head written as the official code writes it: Gram matrices, unfold into
-4x4 tiles, statistics over every tile).
+4x4 tiles, statistics over every tile); and for the two "peers" workloads
+(a loss step and the no-grad metric of every contender in bench/peers.py)
+LPIPS-VGG, each row with its time as a fraction of LPIPS-VGG's and its peak
+memory (growth of the resident set). Peers that cannot run here (no
+torchvision for this torch) are listed with the reason.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import msds
-from bench.common import pyramid_gflops, relu_like, trunk_gflops
+from bench import peers
+from bench.common import peak_rss_growth, pyramid_gflops, relu_like, trunk_gflops
 
 Variant = Callable[[], object]
 
@@ -122,6 +127,28 @@ def workloads(small: bool = False) -> Dict[str, dict]:
     }
 
 
+def peer_workloads(small: bool = False) -> Dict[str, dict]:
+    """The loss step and the no-grad metric of every contender of bench/peers.py,
+    on the same images; LPIPS-VGG is the baseline (the official DeepSSIM
+    where LPIPS cannot run)."""
+    batch, size = (1, 64) if small else (4, 256)
+    x, y = images(batch, size)
+    found, skipped = peers.contenders(torch.device("cpu"), size)
+    names = [contender.name for contender in found]
+    baseline = peers.LPIPS if peers.LPIPS in names else "DeepSSIM (official)"
+    common = {"baseline": baseline, "skipped": skipped, "memory": True,
+              "implementations": {contender.name: contender.implementation for contender in found}}
+    return {
+        # A loss step: both images forward, the prediction's backward (about one more forward of one image).
+        "peers-loss": {**common, "label": f"loss step B{batch} {size}px (peers)",
+                       "gflop": {c.name: 1.5 * batch * c.gflop_per_pair(size) for c in found},
+                       "variants": {c.name: peers.loss_step(c, x, y) for c in found}},
+        "peers-metric": {**common, "label": f"metric B{batch} {size}px (peers)",
+                         "gflop": {c.name: batch * c.gflop_per_pair(size) for c in found},
+                         "variants": {c.name: peers.metric(c, x, y) for c in found}},
+    }
+
+
 def time_in_turns(variants: Dict[str, Variant], repetitions: int, calls: int) -> Dict[str, List[float]]:
     """Per variant, the median seconds of `calls` calls in each repetition; the
     variants alternate, in reversed order every other repetition (A B, B A, ...)."""
@@ -157,27 +184,42 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=4)
     parser.add_argument("--calls", type=int, default=2, help="calls per repetition (their median counts)")
     parser.add_argument("--small", action="store_true", help="tiny shapes: check the script only")
+    parser.add_argument("--only", help="run the workloads whose key contains this text (trunk, head, deepssim, "
+                                       "metric, loss-step, peers)")
     args = parser.parse_args()
     rate = matmul_gflops(512 if args.small else 2048)
     report = {"machine": machine_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_gflops": rate, "repetitions": args.repetitions, "calls": args.calls, "workloads": {}}
     print(f"{report['machine']}: {report['threads']} threads, fp32 matmul {rate:.0f} GFLOP/s")
-    for workload in workloads(args.small).values():
+    selected = {**workloads(args.small), **peer_workloads(args.small)}
+    for key, workload in selected.items():
+        if args.only and args.only not in key:
+            continue
         name = workload["label"]
+        for variant, reason in workload.get("skipped", {}).items():
+            print(f"{name:28s} {variant:20s} skipped: {reason}", flush=True)
         medians = time_in_turns(workload["variants"], args.repetitions, args.calls)
         base = statistics.median(medians[workload["baseline"]])
         rows = {}
         for variant, values in medians.items():
             median = statistics.median(values)
-            row = {"median_s": median, "min_s": min(values), "max_s": max(values), "speedup": base / median}
-            if workload["gflop"]:
-                row["gflops"] = workload["gflop"] / median
+            row = {"median_s": median, "min_s": min(values), "max_s": max(values), "speedup": base / median,
+                   "time_ratio": median / base}
+            gflop = workload["gflop"].get(variant) if isinstance(workload["gflop"], dict) else workload["gflop"]
+            if gflop:
+                row["gflops"] = gflop / median
                 row["fraction_of_matmul"] = row["gflops"] / rate
+            if workload.get("memory"):
+                row["peak_rss_growth_bytes"] = peak_rss_growth(workload["variants"][variant])
             rows[variant] = row
             extra = f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul)" if "gflops" in row else ""
-            print(f"{name:28s} {variant:16s} {median * 1e3:9.1f} ms  [{min(values) * 1e3:.1f}, "
-                  f"{max(values) * 1e3:.1f}]  x{base / median:.2f}{extra}", flush=True)
-        report["workloads"][name] = {"baseline": workload["baseline"], "gflop": workload["gflop"], "variants": rows}
+            if row.get("peak_rss_growth_bytes") is not None:
+                extra += f"  peak +{row['peak_rss_growth_bytes'] / 2**20:.0f} MiB"
+            print(f"{name:28s} {variant:20s} {median * 1e3:9.1f} ms  [{min(values) * 1e3:.1f}, "
+                  f"{max(values) * 1e3:.1f}]  {median / base:.2f}x {workload['baseline']}{extra}", flush=True)
+        report["workloads"][name] = {key: workload[key] for key in ("baseline", "gflop", "skipped", "implementations")
+                                     if key in workload}
+        report["workloads"][name]["variants"] = rows
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

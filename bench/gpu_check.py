@@ -9,8 +9,9 @@ On a CUDA machine, with only that machine's own packages, it
 3. checks torch.compile(fullgraph=True) of the MSDS loss, forward and backward,
 4. compares the fast path's scores with the plain configuration's, against
    their bounds,
-5. runs the head benchmarks (Triton against the reference, same run) and the
-   end-to-end ones (fast path against plain, same run),
+5. runs the head benchmarks (Triton against the reference, same run), the
+   end-to-end ones (fast path against plain, same run) and the peers
+   (LPIPS-VGG and DISTS beside msds, bench/bench_peers.py),
 and prints a short table of each as soon as it is done, saving everything
 as JSON (--out) next to the raw pytest-benchmark file (for `python -m
 bench.plot`). Each section reports its own failure and the rest still run;
@@ -62,7 +63,9 @@ from tests.helpers import score_atol, trunk_terms  # noqa: E402  (the bounds the
 def device_env(smoke: bool) -> dict:
     env = dict(os.environ)
     env["MSDS_TEST_DEVICE"] = "cpu" if smoke else "cuda"
-    if not smoke:
+    if smoke:  # benchmark rows that time full sizes on the CPU (bench/bench_peers.py) keep to tiny ones
+        env["MSDS_BENCH_SMOKE"] = "1"
+    else:
         env.pop("TRITON_INTERPRET", None)
     return env
 
@@ -232,22 +235,26 @@ def run_benchmarks(file: str, selection: Optional[str], smoke: bool, json_path: 
     if not json_path.exists():  # nothing measured (a timeout, or pytest failed to start)
         raise RuntimeError(f"pytest exited with {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     failures = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     groups: dict = {}
     for bench in json.loads(json_path.read_text())["benchmarks"]:
         info = bench["extra_info"]
         entry = {"median_ms": bench["stats"]["median"] * 1e3, "peak_extra_bytes": info["peak_extra_bytes"],
                  "trunk_tflops": info.get("trunk_tflops"), "fraction_of_bf16_rate": info.get("fraction_of_bf16_rate")}
+        if "implementation" in info:  # a peers row: which package ran it, and per pair of images
+            entry.update(implementation=info["implementation"], batch=info["batch"],
+                         trunk_gflops=info.get("trunk_gflops"))
         if "backend" in info:
             key = info["backend"]
         else:
             key = "precomputed" if info.get("precomputed") else "each-reference" if "precomputed" in info else info["config"]
         groups.setdefault(bench["group"], {})[key] = entry
     for fast, base in (("triton", "reference"), ("fast-fp32", "plain"), ("fast-bf16", "plain"),
-                       ("precomputed", "each-reference")):
+                       ("plain-cudnn-benchmark", "plain"), ("precomputed", "each-reference")):
         compare(groups, fast, base)
     # Rows that ran are kept even when others failed; the failures make the section fail.
     return {"file": file, "json": str(json_path), "groups": groups, "returncode": result.returncode,
-            "failures": failures}
+            "failures": failures, "skipped": skipped}
 
 
 def compare(groups: dict, fast: str, base: str) -> None:
@@ -302,6 +309,21 @@ def print_head(bench: dict) -> None:
 def print_end_to_end(bench: dict) -> None:
     print("end to end (median ms; speedup and peak memory vs plain, same run; trunk TFLOP/s)")
     print_groups(bench["groups"], None)
+    print_failures(bench)
+
+
+def print_peers(bench: dict) -> None:
+    print("beside LPIPS and DISTS (ms per image pair, peak extra memory, time as a fraction of LPIPS-VGG's)")
+    for group, row in sorted(bench["groups"].items()):
+        print(f"   {group}")
+        lpips = row.get("LPIPS-VGG")
+        for name, entry in row.items():
+            ratio = f"{entry['median_ms'] / lpips['median_ms']:.2f}x LPIPS" if lpips else "-"
+            memory = entry["peak_extra_bytes"]
+            print(f"      {name:22s} {entry['median_ms'] / entry['batch']:8.3f} ms/pair  "
+                  f"{'-' if memory is None else f'{memory / 2**20:.0f} MiB':>9s}  {ratio:>12s}  ({entry['implementation']})")
+    for line in bench.get("skipped", []):
+        print("   ", line)
     print_failures(bench)
 
 
@@ -380,6 +402,8 @@ def main() -> int:
             ("bench_end_to_end", lambda: run_benchmarks("bench/bench_end_to_end.py", END_TO_END_ROWS, args.smoke,
                                                         Path(f"{raw}.end_to_end.benchmarks.json"), timeout=105),
              print_end_to_end),
+            ("bench_peers", lambda: run_benchmarks("bench/bench_peers.py", None, args.smoke,
+                                                   Path(f"{raw}.peers.benchmarks.json"), timeout=150), print_peers),
         ]
     failed = [name for name, measure, show in sections if not run_section(results, name, measure, show, args.out)]
     results["seconds"] = round(time.time() - started, 1)

@@ -47,7 +47,7 @@ def test_plot_from_a_benchmark_file(tmp_path):
 
     report = json.loads(results.read_text())
     series = throughput(report, "metric")
-    assert set(series) == {"plain", "fast-fp32", "fast-bf16"}
+    assert set(series) == {"plain", "plain-cudnn-benchmark", "fast-fp32", "fast-bf16"}
     assert [batch for batch, _ in series["plain"]] == [16, 64]
     assert all(rate > 0 for points in series.values() for _, rate in points)
     png = tmp_path / "plot.png"

@@ -111,3 +111,18 @@ def test_sweep_floors_count_the_upper_triangle_and_every_byte():
     assert floors["arithmetic_ms"] == pytest.approx(floors["gflop"] / 800.0)
     tf32x3 = sweep.floors(sweep.Workload("w", 2, ((4, 4),), "fp32", False), 8, card)
     assert tf32x3["arithmetic_ms"] == pytest.approx(tf32x3["gflop"] / 100.0)  # three TF32 products per dot
+
+
+def test_peers_section_times_every_contender_or_says_why_not(gpu_check, tmp_path, capsys):
+    # The CPU smoke run of the peers' rows: msds's and the official DeepSSIM
+    # always run; LPIPS-VGG and DISTS run where torchvision works with this
+    # torch, and are skipped with the reason where it does not.
+    section = gpu_check.run_benchmarks("bench/bench_peers.py", None, True, tmp_path / "peers.json", timeout=300)
+    assert section["returncode"] == 0 and section["failures"] == []
+    metric = next(row for group, row in section["groups"].items() if "metric" in group and "fp32" in group)
+    assert {"DeepSSIM (official)", "msds DeepSSIM", "msds DeepSSIM-Lite", "msds MSDS L1", "msds MSDS L3"} <= set(metric)
+    for peer in ("LPIPS-VGG", "DISTS"):
+        assert peer in metric or any(peer in line for line in section["skipped"]), section["skipped"]
+    gpu_check.print_peers(section)
+    shown = capsys.readouterr().out
+    assert "ms/pair" in shown and "msds MSDS L3" in shown
