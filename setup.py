@@ -30,7 +30,11 @@ setup(
         "test": ["pytest", "pytest-benchmark", "matplotlib", "torchmetrics"],
         "torchmetrics": ["torchmetrics"],
         "plot": ["matplotlib"],
-        "bench": ["matplotlib"],
+        # The peers beside msds in bench/peers.py. They pull torchvision, which must be built for the
+        # installed torch: install with torch pinned to the installed version (README, "What it costs
+        # against LPIPS and DISTS"), so pip keeps that torch; where PyPI has no matching torchvision
+        # (the CPU build of torch 2.13), the peer rows skip with the reason.
+        "bench": ["matplotlib", "lpips==0.1.4", "DISTS_pytorch==0.1"],
     },
     entry_points={"console_scripts": ["msds=msds.cli:main"]},
 )

@@ -13,9 +13,16 @@ Baselines: the plain configuration (NCHW trunk, one pass per image); the
 the head written as the official code writes it: Gram matrices, unfold into
 4x4 tiles, statistics over every tile); and for the two "peers" workloads
 (a loss step and the no-grad metric of every contender in bench/peers.py)
-LPIPS-VGG, each row with its time as a fraction of LPIPS-VGG's and its peak
-memory (growth of the resident set). Peers that cannot run here (no
-torchvision for this torch) are listed with the reason.
+LPIPS-VGG, each row with its time as a fraction of LPIPS-VGG's. Peers that
+cannot run here (no torchvision for this torch) are listed with the reason.
+
+`--memory` measures each variant's peak memory instead of its time: the
+growth of the resident set during a call, after one call to warm up. Run
+it with MALLOC_MMAP_THRESHOLD_=65536 in the environment, so that glibc
+returns every large block to the system when it is freed and the resident
+set follows the live allocations (without it a variant that reuses freed
+heap shows little growth); the setting slows allocation, which is why the
+timings are taken in a run of their own.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +143,7 @@ def peer_workloads(small: bool = False) -> Dict[str, dict]:
     found, skipped = peers.contenders(torch.device("cpu"), size)
     names = [contender.name for contender in found]
     baseline = peers.LPIPS if peers.LPIPS in names else "DeepSSIM (official)"
-    common = {"baseline": baseline, "skipped": skipped, "memory": True,
+    common = {"baseline": baseline, "skipped": skipped,
               "implementations": {contender.name: contender.implementation for contender in found}}
     return {
         # A loss step: both images forward, the prediction's backward (about one more forward of one image).
@@ -178,24 +185,73 @@ def machine_name() -> str:
     return f"cpu-{os.cpu_count()}c-{slug}-torch{torch.__version__.split('+')[0]}"
 
 
+def peers_table(timing: dict, memory: Optional[dict] = None) -> str:
+    """The README's table, in Markdown, from a `--only peers` results file (and a `--memory` one)."""
+    loss = next(w for name, w in timing["workloads"].items() if name.startswith("loss step"))
+    metric = next(w for name, w in timing["workloads"].items() if name.startswith("metric"))
+    batch = int(next(name for name in timing["workloads"] if name.startswith("loss step")).split("B")[1].split()[0])
+    peaks = {}
+    for name, workload in (memory or {}).get("workloads", {}).items():
+        kind = "loss" if name.startswith("loss step") else "metric"
+        for variant, row in workload["variants"].items():
+            peaks[kind, variant] = row["peak_rss_growth_bytes"]
+
+    def cell(row: dict) -> str:
+        return (f"{row['median_s'] * 1e3 / batch:.0f} [{row['min_s'] * 1e3 / batch:.0f}-{row['max_s'] * 1e3 / batch:.0f}]"
+                f" | {row['time_ratio']:.2f}x")
+
+    def peak(kind: str, variant: str) -> str:
+        value = peaks.get((kind, variant))
+        return "-" if value is None else f"{value / 2**20:.0f}"
+
+    lines = ["| | loss step, ms per pair [spread] | vs LPIPS | peak MiB | metric, ms per pair [spread] | vs LPIPS "
+             "| peak MiB | implementation |", "|---|---|---|---|---|---|---|---|"]
+    for variant, row in loss["variants"].items():
+        lines.append(f"| {variant} | {cell(row)} | {peak('loss', variant)} | {cell(metric['variants'][variant])} | "
+                     f"{peak('metric', variant)} | {loss['implementations'].get(variant, '')} |")
+    lines += [f"| {variant} | skipped: {reason} | | | | | | |" for variant, reason in loss.get("skipped", {}).items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Time the CPU workloads in turns against their baselines.")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--repetitions", type=int, default=4)
     parser.add_argument("--calls", type=int, default=2, help="calls per repetition (their median counts)")
     parser.add_argument("--small", action="store_true", help="tiny shapes: check the script only")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                        help="print the README's peers table from a `--only peers` file (and a `--memory` one), "
+                             "and exit")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory (resident set growth) of each variant instead of its time; set "
+                             "MALLOC_MMAP_THRESHOLD_=65536 in the environment")
     parser.add_argument("--only", help="run the workloads whose key contains this text (trunk, head, deepssim, "
                                        "metric, loss-step, peers)")
     args = parser.parse_args()
+    if args.table:
+        files = [json.loads(path.read_text()) for path in args.table]
+        print(peers_table(files[0], files[1] if len(files) > 1 else None))
+        return
     rate = matmul_gflops(512 if args.small else 2048)
     report = {"machine": machine_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_gflops": rate, "repetitions": args.repetitions, "calls": args.calls, "workloads": {}}
     print(f"{report['machine']}: {report['threads']} threads, fp32 matmul {rate:.0f} GFLOP/s")
+    report["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if args.memory and not report["malloc_mmap_threshold"]:
+        print("warning: MALLOC_MMAP_THRESHOLD_ is not set; freed heap is reused and growth is understated")
     selected = {**workloads(args.small), **peer_workloads(args.small)}
     for key, workload in selected.items():
         if args.only and args.only not in key:
             continue
         name = workload["label"]
+        if args.memory:
+            rows = {variant: {"peak_rss_growth_bytes": peak_rss_growth(fn)} for variant, fn in workload["variants"].items()}
+            for variant, row in rows.items():
+                growth = row["peak_rss_growth_bytes"]
+                print(f"{name:28s} {variant:20s} peak +{'-' if growth is None else f'{growth / 2**20:.0f}'} MiB",
+                      flush=True)
+            report["workloads"][name] = {"baseline": workload["baseline"], "variants": rows}
+            continue
         for variant, reason in workload.get("skipped", {}).items():
             print(f"{name:28s} {variant:20s} skipped: {reason}", flush=True)
         medians = time_in_turns(workload["variants"], args.repetitions, args.calls)
@@ -209,12 +265,8 @@ def main() -> None:
             if gflop:
                 row["gflops"] = gflop / median
                 row["fraction_of_matmul"] = row["gflops"] / rate
-            if workload.get("memory"):
-                row["peak_rss_growth_bytes"] = peak_rss_growth(workload["variants"][variant])
             rows[variant] = row
             extra = f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul)" if "gflops" in row else ""
-            if row.get("peak_rss_growth_bytes") is not None:
-                extra += f"  peak +{row['peak_rss_growth_bytes'] / 2**20:.0f} MiB"
             print(f"{name:28s} {variant:20s} {median * 1e3:9.1f} ms  [{min(values) * 1e3:.1f}, "
                   f"{max(values) * 1e3:.1f}]  {median / base:.2f}x {workload['baseline']}{extra}", flush=True)
         report["workloads"][name] = {key: workload[key] for key in ("baseline", "gflop", "skipped", "implementations")

@@ -125,11 +125,12 @@ def peer_contenders(device: torch.device) -> Tuple[List[Contender], Dict[str, st
     try:
         implementation, dists_net = dists()
         dists_net = dists_net.to(device).eval().requires_grad_(False)
-        # Both take images in [0, 1]. DISTS_pytorch gives per-image values with
-        # batch_average=False; torchmetrics' network runs its trunk in
-        # inference mode unless told a gradient is wanted.
+        # Both take images in [0, 1] and run their trunk without autograd
+        # unless told a gradient is wanted (the image itself is one of their
+        # feature levels, so a loss would still get a gradient, through that
+        # level alone). DISTS_pytorch gives per-image values with batch_average=False.
         if "DISTS_pytorch" in implementation:
-            score = lambda x, y: dists_net(x, y, batch_average=False)  # noqa: E731
+            score = lambda x, y: dists_net(x, y, require_grad=x.requires_grad, batch_average=False)  # noqa: E731
         else:
             score = lambda x, y: dists_net(x, y, require_grad=x.requires_grad)  # noqa: E731
         found.append(Contender("DISTS", implementation, score, lambda size: 2 * vgg16_gflops(size)))

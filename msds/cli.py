@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -13,8 +12,10 @@ import torch
 
 from msds import demo, plots
 from msds._checks import min_side
-from msds.evaluate import DatasetError, evaluate, progress_bar
-from msds.fusion import FusionError, fit_fusion, read_level_scores, save_fusion
+from msds.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
+from msds.datasets import DatasetError, read_dataset
+from msds.evaluate import dataset_pairs, evaluate, progress_bar, read_pairs
+from msds.fusion import FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
 from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
@@ -222,9 +223,19 @@ def format_correlations(report: dict) -> str:
 def run_eval(args: argparse.Namespace) -> None:
     if args.plot:
         plots.require_matplotlib()  # before the long part, not after it
+    if (args.csv is None) == (args.dataset is None):
+        raise CommandError("eval: expected either --csv CSV (with --root) or --dataset NAME ROOT")
     model_args = {"levels": args.levels, "weights": weights_arg(args.weights), "fusion": args.fusion}
+    dataset = None
+    if args.dataset:
+        name, root = args.dataset
+        dataset = read_dataset(name, Path(root), Path(args.meta) if args.meta else None,
+                               Path(args.ref_root) if args.ref_root else None)
+        pairs, root = dataset_pairs(dataset), Path(root)
+    else:
+        pairs, root = read_pairs(Path(args.csv)), Path(args.root)
     try:
-        report = evaluate(Path(args.csv), Path(args.root), Path(args.out), model_args, args.batch_size,
+        report = evaluate(pairs, root, Path(args.out), model_args, args.batch_size,
                           args.device, args.skip_bad, progress=not args.no_progress)
     finally:
         import torch.distributed as dist
@@ -233,9 +244,13 @@ def run_eval(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if report is None:  # not rank 0
         return
+    if dataset is not None:
+        report["dataset"] = {"name": dataset.name, "score": dataset.score, "lower_is_better": dataset.lower_is_better}
+    rows = read_results(Path(args.out))
+    if args.resamples and len(rows) >= 3:
+        report["analysis"] = analyse(rows, args.resamples, args.seed, args.compare)
     if args.plot:
-        with open(args.out, newline="") as handle:
-            report["plot"] = str(plots.save_eval_plot(Path(args.plot), list(csv.DictReader(handle)), args.levels))
+        report["plot"] = str(plots.save_eval_plot(Path(args.plot), rows, args.levels, report.get("analysis")))
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -243,12 +258,63 @@ def run_eval(args: argparse.Namespace) -> None:
         print(f"skipped: {item['ref']} -> {item['dist']}: {item['reason']}", file=sys.stderr)
     print(f"scored {report['scored']} of {report['pairs']} pairs ({len(report['skipped'])} skipped); "
           f"per-pair results in {args.out}")
+    if dataset is not None:
+        print(f"dataset {dataset.name}: its score is a {dataset.score} "
+              f"({'lower' if dataset.lower_is_better else 'higher'} is better)")
     print(format_correlations(report))
+    if "analysis" in report:
+        print(format_analysis(report["analysis"]))
     if args.plot:
         print(f"plot: {report['plot']}")
 
 
+def format_held_out(name: str, report: dict) -> str:
+    """One results file's (or fold's) correlations of the fitted, uniform and level-0 scores, with intervals."""
+    lines = [f"{name} ({report['pairs']} pairs, {report['references']} references):"]
+    for column, stats in report["columns"].items():
+        lines.append(f"   {column:8s} " + "  ".join(
+            f"{stat.upper()} {value['value']:.4f} [{value['low']:.4f}, {value['high']:.4f}]"
+            for stat, value in stats.items()))
+    for key, label in (("fitted_against_level0", "level 0"), ("fitted_against_uniform", "uniform")):
+        d = report[key]
+        lines.append(f"   fitted against {label}: |SRCC| {d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "
+                     f"p = {d['p_value']:.4f}")
+    return "\n".join(lines)
+
+
+def run_fit_across(args: argparse.Namespace) -> None:
+    """--train FILES [--test FILES], or SCORES --folds K."""
+    if args.train:
+        train = {name: read_level_scores(Path(name)) for name in args.train}
+        test = {name: read_level_scores(Path(name)) for name in args.test or []}
+        report = fit_across_datasets(train, test, args.steps, args.resamples, args.seed)
+        objective = "maximise the mean over the training files of each one's Pearson correlation with its MOS"
+        parts = [(f"train {name}", r) for name, r in report["train"].items()]
+        parts += [(f"test {name}", r) for name, r in report["test"].items()]
+    else:
+        report = fit_k_fold(read_level_scores(Path(args.scores)), args.folds, args.seed, args.steps, args.resamples)
+        objective = "maximise Pearson correlation with the MOS; k-fold over reference contents, then all of it"
+        parts = [(f"fold {r['fold']} held out", r) for r in report["folds"]]
+    info = {"objective": objective, "train": args.train or [args.scores], "test": args.test or [],
+            "folds": args.folds, "seed": args.seed, "resamples": args.resamples, "report": report}
+    save_fusion(Path(args.out), report["logits"], info)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"fusion weights: {', '.join(f'{w:.3f}' for w in report['weights'])}  (written to {args.out})")
+    for name, part in parts:
+        print(format_held_out(name, part))
+
+
 def run_fit(args: argparse.Namespace) -> None:
+    if args.train or args.folds:
+        if args.train and (args.scores or args.folds):
+            raise CommandError("fit: --train takes the place of SCORES and --folds")
+        if args.folds and not args.scores:
+            raise CommandError("fit: --folds needs SCORES, the results file to split")
+        return run_fit_across(args)
+    if args.test or not args.scores:
+        raise CommandError("fit: expected SCORES (with --test-fraction or --folds), or --train FILES [--test FILES]")
     data = read_level_scores(Path(args.scores))
     report = fit_fusion(data, args.test_fraction, args.seed, args.steps, args.lower_is_better)
     info = {"objective": "maximise Pearson correlation of the fused score with the MOS on the training references",
@@ -325,9 +391,22 @@ def make_parser() -> argparse.ArgumentParser:
                           help="also write the demo images and a contact sheet with their scores to DIR")
     demo_cmd.set_defaults(run=run_demo)
 
-    evaluation = commands.add_parser("eval", help="score a dataset CSV (ref, dist, mos) and correlate with the MOS")
-    evaluation.add_argument("--csv", required=True, help="CSV with columns ref, dist, mos")
+    evaluation = commands.add_parser("eval", help="score a dataset and correlate with its MOS, with intervals "
+                                                  "and significance tests")
+    evaluation.add_argument("--csv", help="CSV with columns ref, dist, mos")
     evaluation.add_argument("--root", default=".", help="folder the CSV's paths are relative to")
+    evaluation.add_argument("--dataset", nargs=2, metavar=("NAME", "ROOT"),
+                            help="a standard dataset in the layout it ships in, instead of --csv: tid2013, kadid10k, "
+                                 "csiq, live, pipal, or pyiqa (with --meta)")
+    evaluation.add_argument("--meta", help="--dataset pyiqa: pyiqa's meta-information CSV")
+    evaluation.add_argument("--ref-root", help="--dataset pyiqa: folder of the references (default: ROOT)")
+    evaluation.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                            help=f"bootstrap resamples of the reference contents for the intervals and tests "
+                                 f"(default {DEFAULT_RESAMPLES}; 0: none)")
+    evaluation.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    evaluation.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                            help="compare score columns A and B of the results (repeatable; default: score "
+                                 "against level0); a column added to the results CSV counts too")
     evaluation.add_argument("--out", required=True, help="per-pair results CSV (resumes if a run was interrupted)")
     evaluation.add_argument("--batch-size", type=positive_int, default=16, help="distorted images per batch")
     evaluation.add_argument("--skip-bad", action="store_true",
@@ -339,7 +418,12 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=run_eval)
 
     fit = commands.add_parser("fit", help="fit the fusion weights to MOS from `msds eval --out` results")
-    fit.add_argument("scores", help="per-pair results CSV written by msds eval --out")
+    fit.add_argument("scores", nargs="?", help="per-pair results CSV written by msds eval --out")
+    fit.add_argument("--train", nargs="+", metavar="CSV", help="fit on these results files at once (other datasets)")
+    fit.add_argument("--test", nargs="+", metavar="CSV", help="with --train: report on these results files")
+    fit.add_argument("--folds", type=positive_int, help="k-fold over reference contents of SCORES instead of one split")
+    fit.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                     help=f"bootstrap resamples for the intervals of --train / --folds reports (default {DEFAULT_RESAMPLES})")
     fit.add_argument("--out", required=True, help="fusion file to write (JSON)")
     fit.add_argument("--test-fraction", type=fraction, default=0.2, help="share of references held out (default 0.2)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the reference split")

@@ -25,12 +25,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from msds.correlation import correlations
+from msds.datasets import Dataset, DatasetError
 from msds.images import ImageError, load_image_for
 from msds.metric import MSDS
-
-
-class DatasetError(ValueError):
-    """The dataset CSV or the output file cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,8 @@ def read_done(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[s
 
 
 def read_final(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[str]]:
-    """The rows of a finished OUT; pairs skipped by that run are absent from it."""
+    """The rows of a finished OUT; pairs skipped by that run are absent from it.
+    Columns a user added after msds's (another metric's scores) are kept."""
     with open(out, newline="") as handle:
         rows = list(csv.reader(handle))
     done: Dict[int, List[str]] = {}
@@ -118,7 +116,7 @@ def read_final(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[
         if position < len(rows) and tuple(rows[position][:3]) == (pair.ref, pair.dist, pair.mos):
             done[pair.index] = rows[position]
             position += 1
-    if rows[:1] != [columns(levels)] or position != len(rows):
+    if not rows or rows[0][:len(columns(levels))] != columns(levels) or position != len(rows):
         raise DatasetError(f"{out}: exists and does not hold this dataset's {levels}-level results; "
                            "remove it or choose another --out")
     return done
@@ -192,11 +190,15 @@ def setup_distributed(device_arg: Optional[str]) -> Tuple[int, int, torch.device
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def evaluate(csv_path: Path, root: Path, out: Path, model_args: dict, batch_size: int,
+def dataset_pairs(dataset: Dataset) -> List[Pair]:
+    """A dataset reader's pairs as evaluate takes them."""
+    return [Pair(index, ref, dist_, score) for index, (ref, dist_, score) in enumerate(dataset.pairs)]
+
+
+def evaluate(pairs: Sequence[Pair], root: Path, out: Path, model_args: dict, batch_size: int,
              device_arg: Optional[str], skip_bad: bool, progress: bool = True) -> Optional[dict]:
-    """Run the evaluation; rank 0 returns the report, other ranks None."""
+    """Run the evaluation of `pairs` (read_pairs, dataset_pairs); rank 0 returns the report, other ranks None."""
     rank, world, device = setup_distributed(device_arg)
-    pairs = read_pairs(csv_path)
     model = MSDS(**model_args).to(device)
     levels = model.levels
     done = read_done(out, pairs, levels)

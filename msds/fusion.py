@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from msds import significance
 from msds.correlation import correlations
 
 FORMAT = "msds-fusion/1"
@@ -139,3 +140,83 @@ def fit_fusion(data: LevelScores, test_fraction: float, seed: int, steps: int,
                 "after": correlations(fused(data.levels[mask], logits), data.mos[mask]),
             }
     return report
+
+
+def direction(data: LevelScores) -> float:
+    """+1 where the scores rise with the file's opinion scores (a MOS), -1 where
+    they fall (a DMOS): the sign of the mean level score's SRCC with them."""
+    return 1.0 if correlations(data.levels.mean(axis=1), data.mos)["srcc"] >= 0 else -1.0
+
+
+def fit_logits_across(sets: Sequence[LevelScores], steps: int = 500, lr: float = 0.05) -> np.ndarray:
+    """Logits maximising the mean over `sets` of each set's Pearson correlation
+    of the fused score with its own opinion scores, turned by its direction:
+    datasets keep their own MOS scales and directions, none is pooled with
+    another's."""
+    parts = [(torch.tensor(d.levels, dtype=torch.float64), torch.tensor(direction(d) * d.mos, dtype=torch.float64))
+             for d in sets]
+    logits = torch.zeros(parts[0][0].shape[1], dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = -torch.stack([_pearson(scores @ logits.softmax(0), target) for scores, target in parts]).mean()
+        loss.backward()
+        optimiser.step()
+    return logits.detach().numpy()
+
+
+def held_out_report(data: LevelScores, logits: np.ndarray, resamples: int, seed: int) -> Dict[str, object]:
+    """Correlations on held-out pairs of the fitted weights, the uniform weights
+    and level 0 alone, each with its bootstrap interval over reference contents."""
+    columns = {"fitted": fused(data.levels, logits), "uniform": data.levels.mean(axis=1), "level0": data.levels[:, 0]}
+    groups = significance.content_groups(data.refs)
+    report = significance.bootstrap(columns, data.mos, groups, resamples, seed)
+    return {"pairs": len(data.refs), "references": int(groups.max()) + 1,
+            "columns": report["columns"],
+            "fitted_against_level0": significance.paired_difference(report, "fitted", "level0"),
+            "fitted_against_uniform": significance.paired_difference(report, "fitted", "uniform")}
+
+
+def _subset(data: LevelScores, mask: np.ndarray) -> LevelScores:
+    return LevelScores(list(np.array(data.refs)[mask]), data.mos[mask], data.levels[mask])
+
+
+def _weights(logits: np.ndarray) -> List[float]:
+    return fused(np.eye(len(logits)), logits).tolist()
+
+
+def fit_across_datasets(train: Dict[str, LevelScores], test: Dict[str, LevelScores], steps: int,
+                        resamples: int, seed: int) -> Dict[str, object]:
+    """Fit on every training file at once (see fit_logits_across); report each
+    training and each test file's correlations with their intervals."""
+    levels = {d.levels.shape[1] for d in list(train.values()) + list(test.values())}
+    if len(levels) != 1:
+        raise FusionError(f"expected results files of one level count, got {sorted(levels)} levels")
+    logits = fit_logits_across(list(train.values()), steps)
+    return {"logits": logits.tolist(), "weights": _weights(logits),
+            "directions": {name: direction(d) for name, d in {**train, **test}.items()},
+            "train": {name: held_out_report(d, logits, resamples, seed) for name, d in train.items()},
+            "test": {name: held_out_report(d, logits, resamples, seed) for name, d in test.items()}}
+
+
+def content_folds(refs: Sequence[str], folds: int, seed: int) -> List[np.ndarray]:
+    """Boolean masks of `folds` held-out parts; each reference content falls in exactly one."""
+    unique = sorted(set(refs))
+    if not 2 <= folds <= len(unique):
+        raise FusionError(f"--folds: expected 2 to {len(unique)} folds (one reference content at least in each), "
+                          f"got {folds}")
+    random.Random(seed).shuffle(unique)
+    fold_of = {ref: i % folds for i, ref in enumerate(unique)}
+    return [np.array([fold_of[r] == k for r in refs]) for k in range(folds)]
+
+
+def fit_k_fold(data: LevelScores, folds: int, seed: int, steps: int, resamples: int) -> Dict[str, object]:
+    """k-fold over reference contents: fit on k - 1 folds, report on the held-out one,
+    for every fold; then the weights fitted on everything (what is written)."""
+    reports = []
+    for k, test in enumerate(content_folds(data.refs, folds, seed)):
+        logits = fit_logits_across([_subset(data, ~test)], steps)
+        reports.append({"fold": k, "weights": _weights(logits),
+                        **held_out_report(_subset(data, test), logits, resamples, seed)})
+    logits = fit_logits_across([data], steps)
+    return {"logits": logits.tolist(), "weights": _weights(logits), "folds": reports}

@@ -9,7 +9,7 @@ no global backend is changed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,8 +54,38 @@ def _scatter_panel(axes: Any, scores: np.ndarray, mos: np.ndarray, name: str) ->
     axes.grid(alpha=0.3)
 
 
-def save_eval_plot(path: Path, rows: Sequence[dict], levels: int) -> Path:
-    """MOS against the fused score (left, larger) and against each level's score.
+def _claim_panel(axes: Any, analysis: dict) -> None:
+    """Each column's |SRCC| with its interval; columns significantly better (+)
+    or worse (-) than level 0 by the paired bootstrap are marked."""
+    columns = analysis["intervals"]["columns"]
+    table = analysis["significance"]
+    names = list(columns)
+    against = table["columns"].index("level0") if "level0" in table["columns"] else None
+    for x, name in enumerate(names):
+        srcc = columns[name]["srcc"]
+        value, low, high = (abs(srcc["value"]), *sorted((abs(srcc["low"]), abs(srcc["high"]))))
+        if np.sign(srcc["low"]) != np.sign(srcc["high"]):  # the interval crosses zero
+            low = 0.0
+        mark = 0 if against is None else table["srcc"][table["columns"].index(name)][against]
+        color = {1: "tab:green", -1: "tab:red", 0: "tab:blue"}[mark]
+        axes.errorbar([x], [value], yerr=[[value - low], [high - value]], fmt="o", color=color, capsize=4)
+        if mark:
+            axes.annotate("+" if mark > 0 else "-", (x, high), textcoords="offset points", xytext=(0, 4),
+                          ha="center", fontsize=12, color=color)
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=30, fontsize=8)
+    level = analysis["intervals"]["level"]
+    axes.set_ylabel(f"|SRCC| with {level:.0%} interval")
+    axes.set_title("against level 0: + better, - worse (paired bootstrap)" if against is not None
+                   else "|SRCC| by column", fontsize=9)
+    axes.grid(alpha=0.3)
+
+
+def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Optional[dict] = None) -> Path:
+    """MOS against the fused score (left, larger) and against each level's score,
+    and with `analysis` (msds.analysis.analyse) a panel of every column's
+    SRCC with its interval, marking the differences from level 0 that are
+    significant.
 
     rows: the per-pair rows of `msds eval --out` (keys mos, score, level0, ...).
     """
@@ -63,10 +93,12 @@ def save_eval_plot(path: Path, rows: Sequence[dict], levels: int) -> Path:
     panels = [("MSDS", np.array([float(row["score"]) for row in rows]))]
     panels += [(f"level {level}", np.array([float(row[f"level{level}"]) for row in rows])) for level in range(levels)]
     columns = len(panels) if levels > 1 else 1
-    figure = new_figure(4.2 * columns, 4.0)
-    grid = figure.add_gridspec(1, columns)
+    figure = new_figure(4.2 * (columns + (analysis is not None)), 4.0)
+    grid = figure.add_gridspec(1, columns + (analysis is not None))
     for index, (name, scores) in enumerate(panels[:columns]):
         _scatter_panel(figure.add_subplot(grid[0, index]), scores, mos, name)
+    if analysis is not None:
+        _claim_panel(figure.add_subplot(grid[0, columns]), analysis)
     figure.suptitle(f"{len(rows)} pairs", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -59,8 +59,10 @@ def msds_command(*args, torchrun=False):
 
 
 def eval_args(folder, out, *extra):
+    # A few bootstrap resamples keep each run short; the intervals' numbers are tested in test_significance.py.
     return ("eval", "--csv", str(folder / "data.csv"), "--root", str(folder), "--out", str(out),
-            "--weights", "random", "--levels", "2", "--batch-size", "2", "--no-progress", *extra)
+            "--weights", "random", "--levels", "2", "--batch-size", "2", "--no-progress", "--resamples", "30",
+            *extra)
 
 
 def run(command, **kwargs):
@@ -259,7 +261,8 @@ def test_plot_of_mos_against_score(tmp_path):
     assert f"plot: {png}" in result.stdout
     with Image.open(png) as image:
         image.load()
-        assert image.format == "PNG" and image.size == (1260, 400)  # the fused score and 2 levels, 100 dpi
+        # The fused score, 2 levels and the panel of intervals, 100 dpi.
+        assert image.format == "PNG" and image.size == (1680, 400)
 
 
 def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
@@ -327,3 +330,90 @@ def test_a_straight_line_stands_in_and_slopes_the_same_way():
     rising = np.array([1.0, 2.5, 2.9, 4.2, 5.1])
     np.testing.assert_allclose(correlation.fit_mapping(scores, rising)[0](scores),
                                np.polyval(np.polyfit(scores, rising, 1), scores))
+
+
+def test_eval_reports_intervals_comparisons_and_a_column_the_user_added(tmp_path):
+    # A finished results file, extended by the user with another metric's
+    # column, is analysed again with --compare: every column gets intervals,
+    # the comparison its paired test and F-test, the table every pair.
+    write_dataset(tmp_path, references=4)
+    out = tmp_path / "out.csv"
+    assert run(msds_command(*eval_args(tmp_path, out))).returncode == 0
+    rows = read_rows(out)
+    rng = np.random.default_rng(3)
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [*rows[0], "psnr"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "psnr": f"{float(row['mos']) / 3 + rng.normal(0, 2):.4f}"})
+    result = run(msds_command(*eval_args(tmp_path, out, "--compare", "psnr", "score", "--json")))
+    assert result.returncode == 0, result.stderr
+    analysis = json.loads(result.stdout)["analysis"]
+    assert list(analysis["intervals"]["columns"]) == ["score", "level0", "level1", "psnr"]
+    assert analysis["intervals"]["contents"] == 4 and analysis["intervals"]["resamples"] == 30
+    for stats_ in analysis["intervals"]["columns"].values():
+        assert all(s["low"] <= s["value"] <= s["high"] or s["degenerate"] for s in stats_.values())
+    (comparison,) = analysis["comparisons"]
+    assert (comparison["a"], comparison["b"]) == ("psnr", "score")
+    assert comparison["f_test"]["df"] == [19, 19] and 0 < comparison["f_test"]["p_value"] <= 1
+    assert len(analysis["significance"]["srcc"]) == 4
+    text = run(msds_command(*eval_args(tmp_path, out)))
+    assert "score against level0:" in text.stdout and "residual F-test" in text.stdout
+    assert "significance (paired bootstrap on |SRCC|" in text.stdout
+    bad = run(msds_command(*eval_args(tmp_path, out, "--compare", "lpips", "score")))
+    assert bad.returncode == 1 and "--compare: no score column 'lpips'" in bad.stderr
+
+
+def write_dataset_scores(path, carrier, references, seed, dmos=False):
+    """A results file where level `carrier` tracks the opinion scores and the
+    other two levels are noise; scores on another scale (and direction) per file."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(1, 100)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ref", "dist", "mos", "score", "level0", "level1", "level2"])
+        for r in range(references):
+            for k in range(5):
+                quality = rng.uniform(0, 1)
+                levels = [rng.uniform(0.9, 1.0) for _ in range(3)]
+                levels[carrier] = 0.9 + 0.1 * quality + rng.normal(0, 0.004)
+                mos = scale * ((1 - quality) if dmos else quality)
+                writer.writerow([f"r{r}.png", f"r{r}_{k}.png", f"{mos:.4f}", np.mean(levels), *levels])
+
+
+def test_fit_across_datasets_favours_the_level_that_carries_the_signal(tmp_path):
+    # Two training files (one MOS, one DMOS, other scales) and a test file,
+    # level 2 carrying the signal in all three.
+    files = [tmp_path / name for name in ("a.csv", "b.csv", "c.csv")]
+    for index, path in enumerate(files):
+        write_dataset_scores(path, 2, references=10, seed=index, dmos=index == 1)
+    fusion = tmp_path / "fusion.json"
+    result = run(msds_command("fit", "--train", str(files[0]), str(files[1]), "--test", str(files[2]),
+                              "--out", str(fusion), "--resamples", "50", "--json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert np.argmax(report["weights"]) == 2 and report["weights"][2] > 0.8
+    assert report["directions"] == {str(files[0]): 1.0, str(files[1]): -1.0, str(files[2]): 1.0}
+    test = report["test"][str(files[2])]
+    assert test["columns"]["fitted"]["srcc"]["value"] > test["columns"]["uniform"]["srcc"]["value"] + 0.1
+    assert test["fitted_against_level0"]["p_value"] < 0.05 and test["fitted_against_level0"]["difference"] > 0
+    np.testing.assert_allclose(msds.MSDS(levels=3, weights=None, fusion=fusion).fusion_weights().detach().numpy(),
+                               report["weights"], rtol=1e-6)
+    shown = run(msds_command("fit", "--train", str(files[0]), "--test", str(files[2]), "--out", str(fusion),
+                             "--resamples", "20"))
+    assert f"test {files[2]} (50 pairs, 10 references):" in shown.stdout and "fitted against level 0" in shown.stdout
+
+
+def test_fit_by_k_fold_over_contents(tmp_path):
+    scores = tmp_path / "scores.csv"
+    write_dataset_scores(scores, 1, references=12, seed=4)
+    result = run(msds_command("fit", str(scores), "--folds", "3", "--out", str(tmp_path / "f.json"),
+                              "--resamples", "30", "--json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [fold["fold"] for fold in report["folds"]] == [0, 1, 2]
+    assert sum(fold["references"] for fold in report["folds"]) == 12  # each content held out once
+    assert all(np.argmax(fold["weights"]) == 1 for fold in report["folds"])
+    assert np.argmax(report["weights"]) == 1
+    bad = run(msds_command("fit", str(scores), "--folds", "13", "--out", str(tmp_path / "f.json")))
+    assert bad.returncode == 1 and "--folds: expected 2 to 12 folds" in bad.stderr
