@@ -55,8 +55,8 @@ def _scatter_panel(axes: Any, scores: np.ndarray, mos: np.ndarray, name: str) ->
 
 
 def _claim_panel(axes: Any, analysis: dict) -> None:
-    """Each column's |SRCC| with its interval; columns significantly better (+)
-    or worse (-) than level 0 by the paired bootstrap are marked."""
+    """Each column's |SRCC| with its interval; columns significantly better or
+    worse than level 0 by the paired bootstrap are marked so."""
     columns = analysis["intervals"]["columns"]
     table = analysis["significance"]
     names = list(columns)
@@ -70,13 +70,13 @@ def _claim_panel(axes: Any, analysis: dict) -> None:
         color = {1: "tab:green", -1: "tab:red", 0: "tab:blue"}[mark]
         axes.errorbar([x], [value], yerr=[[value - low], [high - value]], fmt="o", color=color, capsize=4)
         if mark:
-            axes.annotate("+" if mark > 0 else "-", (x, high), textcoords="offset points", xytext=(0, 4),
-                          ha="center", fontsize=12, color=color)
+            axes.annotate("better" if mark > 0 else "worse", (x, high), textcoords="offset points", xytext=(0, 4),
+                          ha="center", fontsize=8, color=color)
     axes.set_xticks(range(len(names)))
     axes.set_xticklabels(names, rotation=30, fontsize=8)
     level = analysis["intervals"]["level"]
     axes.set_ylabel(f"|SRCC| with {level:.0%} interval")
-    axes.set_title("against level 0: + better, - worse (paired bootstrap)" if against is not None
+    axes.set_title("against level 0 (paired bootstrap, p < 0.05)" if against is not None
                    else "|SRCC| by column", fontsize=9)
     axes.grid(alpha=0.3)
 

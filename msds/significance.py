@@ -44,14 +44,16 @@ def resample_indices(groups: np.ndarray, resamples: int, seed: int) -> List[np.n
     return [np.concatenate([members[g] for g in rng.integers(0, count, count)]) for _ in range(resamples)]
 
 
-def _statistics(scores: np.ndarray, mos: np.ndarray, wanted: Sequence[str]) -> Dict[str, float]:
-    """The wanted statistics of one sample (NaN where a resample is degenerate)."""
+def _statistics(scores: np.ndarray, mos: np.ndarray, wanted: Sequence[str],
+                start: Optional[Sequence[float]] = None) -> Dict[str, float]:
+    """The wanted statistics of one sample (NaN where a resample is degenerate);
+    the logistic of PLCC and RMSE is fitted from `start`."""
     if len(np.unique(scores)) < 2 or len(np.unique(mos)) < 2:
         return {name: float("nan") for name in wanted}
     if set(wanted) <= {"srcc", "krcc"}:  # no mapping needed: skip the logistic fit
         values = {"srcc": stats.spearmanr(scores, mos)[0], "krcc": stats.kendalltau(scores, mos)[0]}
         return {name: float(values[name]) for name in wanted}
-    report = correlations(scores, mos)
+    report = correlations(scores, mos, start)
     return {name: float(report[name]) for name in wanted}
 
 
@@ -78,9 +80,12 @@ def bootstrap(columns: Mapping[str, Sequence[float]], mos: Sequence[float], grou
     for name, values in columns.items():
         scores = np.asarray(values, dtype=np.float64)
         full = _statistics(scores, mos, statistics)
+        # Each resample's logistic starts from the full sample's fit: close to
+        # its own, so it converges in a few steps.
+        start = getattr(fit_mapping(scores, mos)[0], "params", None)
         draws = {stat: np.empty(resamples) for stat in statistics}
         for r, picked in enumerate(indices):
-            for stat, value in _statistics(scores[picked], mos[picked], statistics).items():
+            for stat, value in _statistics(scores[picked], mos[picked], statistics, start).items():
                 draws[stat][r] = value
         entry = {}
         for stat in statistics:
