@@ -81,11 +81,28 @@ def _claim_panel(axes: Any, analysis: dict) -> None:
     axes.grid(alpha=0.3)
 
 
+def _significance_panel(axes: Any, analysis: dict) -> None:
+    """The +1 / 0 / -1 matrix of the paired bootstrap on |SRCC| over every pair of columns."""
+    table = analysis["significance"]
+    names = table["columns"]
+    matrix = np.array(table["srcc"], dtype=float)
+    axes.imshow(matrix, cmap="RdYlGn", vmin=-1.5, vmax=1.5)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            value = int(matrix[i, j])
+            axes.text(j, i, "" if i == j else f"{value:+d}" if value else "0", ha="center", va="center", fontsize=9)
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=30, fontsize=8)
+    axes.set_yticks(range(len(names)))
+    axes.set_yticklabels(names, fontsize=8)
+    axes.set_title(f"row against column: +1 better, -1 worse\n(|SRCC|, alpha {table['alpha']})", fontsize=9)
+
+
 def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Optional[dict] = None) -> Path:
     """MOS against the fused score (left, larger) and against each level's score,
     and with `analysis` (msds.analysis.analyse) a panel of every column's
     SRCC with its interval, marking the differences from level 0 that are
-    significant.
+    significant, and the significance table over every pair of columns.
 
     rows: the per-pair rows of `msds eval --out` (keys mos, score, level0, ...).
     """
@@ -93,12 +110,14 @@ def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Opti
     panels = [("MSDS", np.array([float(row["score"]) for row in rows]))]
     panels += [(f"level {level}", np.array([float(row[f"level{level}"]) for row in rows])) for level in range(levels)]
     columns = len(panels) if levels > 1 else 1
-    figure = new_figure(4.2 * (columns + (analysis is not None)), 4.0)
-    grid = figure.add_gridspec(1, columns + (analysis is not None))
+    extra = 2 if analysis is not None else 0
+    figure = new_figure(4.2 * (columns + extra), 4.0)
+    grid = figure.add_gridspec(1, columns + extra)
     for index, (name, scores) in enumerate(panels[:columns]):
         _scatter_panel(figure.add_subplot(grid[0, index]), scores, mos, name)
     if analysis is not None:
         _claim_panel(figure.add_subplot(grid[0, columns]), analysis)
+        _significance_panel(figure.add_subplot(grid[0, columns + 1]), analysis)
     figure.suptitle(f"{len(rows)} pairs", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -261,8 +261,8 @@ def test_plot_of_mos_against_score(tmp_path):
     assert f"plot: {png}" in result.stdout
     with Image.open(png) as image:
         image.load()
-        # The fused score, 2 levels and the panel of intervals, 100 dpi.
-        assert image.format == "PNG" and image.size == (1680, 400)
+        # The fused score, 2 levels, the intervals and the significance table, 100 dpi.
+        assert image.format == "PNG" and image.size == (2100, 400)
 
 
 def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
