@@ -123,6 +123,9 @@ def test_peers_section_times_every_contender_or_says_why_not(gpu_check, tmp_path
     assert {"DeepSSIM (official)", "msds DeepSSIM", "msds DeepSSIM-Lite", "msds MSDS L1", "msds MSDS L3"} <= set(metric)
     for peer in ("LPIPS-VGG", "DISTS"):
         assert peer in metric or any(peer in line for line in section["skipped"]), section["skipped"]
+    if "LPIPS-VGG" in metric:  # every row as a fraction of LPIPS-VGG's time
+        assert metric["LPIPS-VGG"]["time_ratio_to_lpips"] == 1.0
+        assert all(entry["time_ratio_to_lpips"] > 0 for entry in metric.values())
     gpu_check.print_peers(section)
     shown = capsys.readouterr().out
     assert "ms/pair" in shown and "msds MSDS L3" in shown
