@@ -406,7 +406,7 @@ def main() -> int:
                                                         Path(f"{raw}.end_to_end.benchmarks.json"), timeout=105),
              print_end_to_end),
             ("bench_peers", lambda: run_benchmarks("bench/bench_peers.py", None, args.smoke,
-                                                   Path(f"{raw}.peers.benchmarks.json"), timeout=150), print_peers),
+                                                   Path(f"{raw}.peers.benchmarks.json"), timeout=200), print_peers),
         ]
     failed = [name for name, measure, show in sections if not run_section(results, name, measure, show, args.out)]
     results["seconds"] = round(time.time() - started, 1)
