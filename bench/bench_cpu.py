@@ -11,17 +11,12 @@ spread.
 import pytest
 
 from bench import cpu
-from bench.common import environment
+from bench.common import environment, timing
 
 # (workload, variant): the variants' names are fixed, the shapes depend on the mode.
 ROWS = [("trunk", "nchw"), ("trunk", "channels_last"), ("head", "official unfold"), ("head", "msds"),
         ("deepssim", "official"), ("deepssim", "msds"), ("metric", "plain"), ("metric", "fast"),
         ("loss-step", "plain"), ("loss-step", "fast")]
-
-
-def timing(config) -> bool:
-    """Whether pytest-benchmark times (--benchmark-enable) rather than runs each row once."""
-    return config.getoption("benchmark_enable") or not config.getoption("benchmark_disable")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,13 @@ this torch) skip with the reason. On the CPU each row runs once on one
 import os
 
 import pytest
-import torch
 
-from bench import peers
-from bench.common import environment, peak_extra_memory, peak_rss_growth, synchronize
+from bench import cpu, peers
+from bench.common import environment, peak_extra_memory, peak_rss_growth, synchronize, timing
 
 NAMES = [peers.LPIPS, "DISTS", "DeepSSIM (official)", "msds DeepSSIM", "msds DeepSSIM-Lite"] + \
     [f"msds MSDS L{levels}" for levels in peers.MSDS_LEVELS]
 PRECISIONS = ["fp32", "bf16-autocast"]
-
-
-def timing(config) -> bool:
-    return config.getoption("benchmark_enable") or not config.getoption("benchmark_disable")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +36,6 @@ def setting(request, device):
     return batch, size, {contender.name: contender for contender in found}, skipped
 
 
-def images(batch, size, device):
-    generator = torch.Generator().manual_seed(0)
-    y = torch.rand(batch, 3, size, size, generator=generator)
-    x = (y + 0.1 * torch.rand(y.shape, generator=generator)).clamp(0, 1)
-    return x.to(device), y.to(device)
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("mode", ["loss-step", "metric"])
 @pytest.mark.parametrize("name", NAMES)
@@ -60,7 +48,7 @@ def bench_peer(benchmark, name, mode, precision, setting, device):
     if name not in found:
         pytest.skip(f"{name}: needs images of at least 256 x 256 pixels (this run: {size} x {size})")
     contender = found[name]
-    x, y = images(batch, size, device)
+    x, y = (image.to(device) for image in cpu.images(batch, size))  # the images bench.cpu times
     bf16 = precision != "fp32"
     make = peers.loss_step if mode == "loss-step" else peers.metric
     call = make(contender, x, y, bf16)

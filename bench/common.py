@@ -56,6 +56,11 @@ def bf16_matmul_tflops(device: torch.device) -> Optional[float]:
     return 10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3) / 1e12
 
 
+def timing(config) -> bool:
+    """Whether pytest-benchmark times (--benchmark-enable) rather than runs each row once."""
+    return config.getoption("benchmark_enable") or not config.getoption("benchmark_disable")
+
+
 def smoke(device: torch.device) -> bool:
     """On the CPU the suites only check that their code runs: tiny shapes."""
     return device.type != "cuda"
