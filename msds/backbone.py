@@ -11,6 +11,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
+from msds import winograd
 from msds.weights import StateDict, WeightsArg, WeightsError, resolve_weights
 
 # Output channels of each conv, "M" for a 2x2 max-pool; ends at conv5_1.
@@ -59,6 +60,9 @@ class VGG16Trunk(nn.Module):
             self._load(state)
         self.requires_grad_(False)
         self.eval()
+        # Each wide conv's Winograd filters, made on first use (msds.winograd).
+        self._winograd = {index: winograd.FilterTransforms() for index, layer in enumerate(self.features)
+                          if isinstance(layer, nn.Conv2d)}
 
     def train(self, mode: bool = True) -> "VGG16Trunk":
         return super().train(False)  # frozen: always in eval mode
@@ -94,12 +98,23 @@ class VGG16Trunk(nn.Module):
         """The trunk's weights under torchvision's key names (features.N.*)."""
         return {f"features.{key}": value for key, value in self.features.state_dict().items()}
 
-    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """relu5_1 features; `mask` (B, 1, H, W), binary, multiplies the conv1_1 output."""
+    def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                winograd_convolutions: bool = False) -> torch.Tensor:
+        """relu5_1 features; `mask` (B, 1, H, W), binary, multiplies the conv1_1 output.
+
+        `winograd_convolutions` runs the wide convolutions by Winograd where
+        msds.winograd.applies (float32 on the CPU): the fast path's choice.
+        """
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         x = self.features[:2](x)
         if mask is not None:
             # Applied after relu1_1: a 0/1 mask commutes with the ReLU, so this
             # equals masking the conv1_1 output itself.
             x = x * mask
-        return self.features[2:](x)
+        for index in range(2, len(self.features)):
+            layer = self.features[index]
+            if winograd_convolutions and winograd.applies(x, layer):
+                x = winograd.conv3x3(x, layer, self._winograd[index])
+            else:
+                x = layer(x)
+        return x

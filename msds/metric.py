@@ -112,9 +112,9 @@ class _DeepFeatureMetric(nn.Module):
             ])
         with fastpath.trunk_context(fast, self.trunk_dtype, images.device):
             if dtype == self._trunk_dtype():
-                return self.trunk(images, mask)
+                return self.trunk(images, mask, fast)
             weights = {name: p.to(dtype) for name, p in self.trunk.named_parameters()}
-            return torch.func.functional_call(self.trunk, weights, (images, mask))
+            return torch.func.functional_call(self.trunk, weights, (images, mask, fast))
 
     def _precompute(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> ReferenceFeatures:
         _checks.check_image("y", y, self.levels, self.check_range)

@@ -1,0 +1,194 @@
+"""The trunk's wide 3x3 convolutions on the CPU by Winograd's F(4x4, 3x3).
+
+On the CPU, oneDNN's direct float32 convolution already runs near the
+processor's peak arithmetic rate, so the trunk can only get faster by doing
+less arithmetic. Winograd's minimal filtering computes each 4x4 block of
+outputs from a 6x6 block of inputs with 36 multiplications per channel pair
+instead of 144: the input blocks and the 3x3 filters are each carried into a
+6x6 "transformed" space by fixed linear maps, multiplied there elementwise,
+which over channels is 36 independent matrix products, and carried back. The
+result is the same convolution; only the rounding differs (the transforms'
+coefficients, up to 8 in size, make it a few times the direct sum's rounding:
+tests/helpers.py bounds it).
+
+The products are one batched GEMM; the transforms are small matmuls and
+strided copies, done in chunks of tiles small enough to stay in cache, in
+buffers reused across chunks. Where it pays is measured (bench/cpu.py's
+"winograd" workload): layers with at least 128 input channels; the first
+layers, 3 or 64 channels wide at full resolution, stay direct, as does
+everything that is not float32 on the CPU, or that would need a gradient for
+the weights (the trunk is frozen).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+OUT = 4  # output block side
+IN = OUT + 2  # input block side for a 3x3 filter
+POINTS = IN * IN
+
+# F(4x4, 3x3) on the interpolation points 0, 1, -1, 2, -2 and infinity:
+# the input transform B^T, the filter transform G and the output transform A^T.
+_BT = ((4, 0, -5, 0, 1, 0),
+       (0, -4, -4, 1, 1, 0),
+       (0, 4, -4, -1, 1, 0),
+       (0, -2, -1, 2, 1, 0),
+       (0, 2, -1, -2, 1, 0),
+       (0, 4, 0, -5, 0, 1))
+_G = ((1 / 4, 0, 0),
+      (-1 / 6, -1 / 6, -1 / 6),
+      (-1 / 6, 1 / 6, -1 / 6),
+      (1 / 24, 1 / 12, 1 / 6),
+      (1 / 24, -1 / 12, 1 / 6),
+      (0, 0, 1))
+_AT = ((1, 1, 1, 1, 1, 0),
+       (0, 1, -1, 2, -2, 0),
+       (0, 1, 1, 4, 4, 0),
+       (0, 1, -1, 8, -8, 1))
+
+MIN_CHANNELS = 128  # narrower layers run direct (slower by Winograd on a 2-core EPYC)
+# Tiles per chunk times input channels: keeps each chunk's buffers (36 x
+# tiles x channels floats, about 9 MiB) inside the cache and below glibc's
+# mmap threshold, so they are neither refetched nor refaulted per call.
+CHUNK_ELEMENTS = 64 * 1024
+
+
+def matrices(dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B^T (6 x 6), G (6 x 3) and A^T (4 x 6)."""
+    return tuple(torch.tensor(m, dtype=dtype) for m in (_BT, _G, _AT))
+
+
+def filter_transform(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) filters -> (36, C_in, C_out) transformed, in the weight's dtype.
+
+    Computed in float64 and rounded once, so the 1/6 and 1/24 of G add no
+    rounding of their own.
+    """
+    _, g, _ = matrices()
+    u = torch.einsum("ij,ocjk,lk->ilco", g, weight.detach().double(), g)
+    return u.reshape(POINTS, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """3x3 convolution, stride 1, zero padding 1, of x (N, C_in, H, W) with
+    transformed filters u (36, C_in, C_out), plus bias; channels_last out."""
+    n, c, h, w = x.shape
+    c_out = u.shape[2]
+    th, tw = -(-h // OUT), -(-w // OUT)
+    # NHWC, padded to whole blocks: one row and column of zeros before, enough after.
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, OUT * tw + 1 - w, 1, OUT * th + 1 - h))
+    # Returned as is, not as a view (autograd forbids the trunk's in-place ReLU
+    # on a view made inside a Function); written through its NHWC view.
+    result = torch.empty(n, c_out, OUT * th, OUT * tw, dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last)
+    out = result.permute(0, 2, 3, 1)
+    bt, _, at = (m.to(x.dtype) for m in matrices())
+
+    tiles = max(1, CHUNK_ELEMENTS // c)
+    if th * tw <= tiles:  # whole images per chunk
+        images, rows = max(1, tiles // (th * tw)), th
+    else:  # bands of block rows of one image
+        images, rows = 1, max(1, tiles // tw)
+    chunk = images * rows * tw
+    # Flat buffers, reused by every chunk: each step takes a contiguous prefix.
+    gathered, rows_done, transformed = (x.new_empty(POINTS * chunk * c) for _ in range(3))
+    products, half_back, blocks = (x.new_empty(POINTS * chunk * c_out) for _ in range(3))
+    for n0 in range(0, n, images):
+        k = min(images, n - n0)
+        for r0 in range(0, th, rows):
+            rr = min(rows, th - r0)
+            t = k * rr * tw
+            d = gathered[: POINTS * t * c].view(POINTS, k, rr, tw, c)
+            # Gather: input block element (j, l) of every tile in the chunk.
+            for j in range(IN):
+                band = xp[n0 : n0 + k, OUT * r0 + j : OUT * (r0 + rr - 1) + j + 1 : OUT]
+                for l in range(IN):
+                    d[j * IN + l].copy_(band[:, :, l : OUT * (tw - 1) + l + 1 : OUT])
+            # V = B^T d B, one side at a time; then the 36 channel products.
+            half = torch.mm(bt, d.view(IN, -1), out=rows_done[: POINTS * t * c].view(IN, -1))
+            v = torch.matmul(bt, half.view(IN, IN, -1), out=transformed[: POINTS * t * c].view(IN, IN, -1))
+            m = torch.bmm(v.view(POINTS, t, c), u, out=products[: POINTS * t * c_out].view(POINTS, t, c_out))
+            # Y = A^T M A, one side at a time, into the output blocks.
+            zt = torch.mm(at, m.view(IN, -1), out=half_back[: OUT * IN * t * c_out].view(OUT, -1))
+            yt = torch.matmul(at, zt.view(OUT, IN, -1), out=blocks[: OUT * OUT * t * c_out].view(OUT, OUT, -1))
+            block = out[n0 : n0 + k, OUT * r0 : OUT * (r0 + rr)].view(k, rr, OUT, tw, OUT, c_out)
+            for i in range(OUT):
+                for jj in range(OUT):
+                    part = yt[i, jj].view(k, rr, tw, c_out)
+                    if bias is None:
+                        block[:, :, i, :, jj].copy_(part)
+                    else:
+                        torch.add(part, bias, out=block[:, :, i, :, jj])
+    if result.shape[2:] != (h, w):
+        result = result[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+    return result
+
+
+class FilterTransforms:
+    """One layer's transformed filters, for the forward and (on first need) the
+    backward, remade whenever the weights change in place or are replaced."""
+
+    def __init__(self) -> None:
+        self._stamp: Optional[tuple] = None
+        self._forward: Optional[torch.Tensor] = None
+        self._backward: Optional[torch.Tensor] = None
+        self._weight: Optional[torch.Tensor] = None
+
+    def refresh(self, weight: torch.Tensor) -> None:
+        stamp = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+        if stamp != self._stamp:
+            self._stamp, self._weight = stamp, weight
+            self._forward, self._backward = None, None
+
+    def forward(self) -> torch.Tensor:
+        if self._forward is None:
+            self._forward = filter_transform(self._weight)
+        return self._forward
+
+    def backward(self) -> torch.Tensor:
+        # The input gradient of a 3x3, padding-1 convolution is the same
+        # convolution of the output gradient with the filters flipped and
+        # their in and out channels swapped.
+        if self._backward is None:
+            self._backward = filter_transform(self._weight.transpose(0, 1).flip(2, 3))
+        return self._backward
+
+
+class _Convolution(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor, transforms: FilterTransforms) -> torch.Tensor:
+        ctx.transforms = transforms
+        return convolve(x, transforms.forward(), bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        grad_x = convolve(grad, ctx.transforms.backward(), None) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None
+
+
+def applies(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether `layer` on `x` runs by Winograd: a wide, frozen 3x3, stride-1,
+    padding-1 float32 convolution on the CPU, outside autocast and torch.compile."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.padding == (1, 1)
+        and layer.dilation == (1, 1) and layer.groups == 1 and layer.bias is not None
+        and layer.in_channels >= MIN_CHANNELS
+        and x.device.type == "cpu" and x.dtype == layer.weight.dtype == torch.float32
+        and not layer.weight.requires_grad and not layer.bias.requires_grad
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def conv3x3(x: torch.Tensor, layer: nn.Conv2d, transforms: FilterTransforms) -> torch.Tensor:
+    """`layer(x)` by Winograd, differentiable in x; `transforms` keeps the layer's filters."""
+    transforms.refresh(layer.weight)
+    return _Convolution.apply(x, layer.bias, transforms)
