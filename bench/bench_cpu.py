@@ -14,7 +14,8 @@ from bench import cpu
 from bench.common import environment, timing
 
 # (workload, variant): the variants' names are fixed, the shapes depend on the mode.
-ROWS = [("trunk", "nchw"), ("trunk", "channels_last"), ("head", "official unfold"), ("head", "msds"),
+ROWS = [("trunk", "nchw"), ("trunk", "channels_last"), ("trunk", "winograd"),
+        ("trunk-gradient", "channels_last"), ("trunk-gradient", "winograd"), ("head", "official unfold"), ("head", "msds"),
         ("deepssim", "official"), ("deepssim", "msds"), ("metric", "plain"), ("metric", "fast"),
         ("loss-step", "plain"), ("loss-step", "fast")]
 

@@ -8,7 +8,9 @@ the same run, with the machine's fp32 matrix-product rate and the trunk's
 achieved GFLOP/s. bench/bench_cpu.py times the same callables as
 pytest-benchmark rows, for regression tracking.
 
-Baselines: the plain configuration (NCHW trunk, one pass per image); the
+Baselines: the plain configuration (NCHW trunk, one pass per image), and
+for the trunk alone (forward, and forward with the input gradient) its
+direct convolutions beside the fast path's Winograd ones; the
 "official" formulation of DeepSSIM (each image through the NCHW trunk, then
 the head written as the official code writes it: Gram matrices, unfold into
 4x4 tiles, statistics over every tile); and for the two "peers" workloads
@@ -82,6 +84,14 @@ def images(batch: int, size: int, seed: int = 0):
     return x, y
 
 
+def trunk_gradient(trunk: msds.VGG16Trunk, x: torch.Tensor, winograd: bool) -> Variant:
+    """The trunk's forward and the backward to its input: a loss step's trunk work for one image batch."""
+    def step() -> None:
+        leaf = x.clone().requires_grad_()
+        trunk(leaf, None, winograd).sum().backward()
+    return step
+
+
 def workloads(small: bool = False) -> Dict[str, dict]:
     """key -> {"label", "variants": {name: callable}, "baseline": name, "gflop": trunk GFLOP per call}.
 
@@ -116,7 +126,12 @@ def workloads(small: bool = False) -> Dict[str, dict]:
         "trunk": {
             "label": f"trunk B{batch} {size}px", "baseline": "nchw", "gflop": one_trunk,
             "variants": {"nchw": torch.no_grad()(lambda: trunk(x)),
-                         "channels_last": torch.no_grad()(lambda: trunk(x_last))}},
+                         "channels_last": torch.no_grad()(lambda: trunk(x_last)),
+                         "winograd": torch.no_grad()(lambda: trunk(x_last, None, True))}},
+        "trunk-gradient": {
+            "label": f"trunk + input gradient B{batch} {size}px", "baseline": "channels_last", "gflop": 2 * one_trunk,
+            "variants": {"channels_last": trunk_gradient(trunk, x_last, False),
+                         "winograd": trunk_gradient(trunk, x_last, True)}},
         "head": {
             "label": f"head B{head_batch} C512 {head_side}x{head_side}", "baseline": "official unfold", "gflop": None,
             "variants": {"official unfold": torch.no_grad()(lambda: unfold_head(fx, fy)),

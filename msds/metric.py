@@ -210,9 +210,10 @@ class MSDS(_DeepFeatureMetric):
         backend: head implementation, "auto", "reference" or "triton".
         precision: the kernels' dot precision for float32 features, "tf32x3"
             (default, fp32-accurate), "ieee" or "tf32" (faster; see README).
-        fast: the fast path (True), the plain configuration (False: fp32
-            NCHW trunk, one pass per image, reference head), or None (the
-            default): fast for CUDA tensors, plain otherwise.
+        fast: the fast path (True; msds.fastpath says what it does), the
+            plain configuration (False: fp32 NCHW trunk of direct
+            convolutions, one pass per image, reference head), or None (the
+            default): fast for CUDA and CPU tensors, plain otherwise.
         trunk_dtype: None, or torch.bfloat16 / torch.float16 to run the trunk
             under autocast on the fast path (head statistics stay fp32).
 
