@@ -6,7 +6,7 @@ torchvision's state-dict keys (`features.N.weight`) load without renaming.
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -60,9 +60,8 @@ class VGG16Trunk(nn.Module):
             self._load(state)
         self.requires_grad_(False)
         self.eval()
-        # Each wide conv's Winograd filters, made on first use (msds.winograd).
-        self._winograd = {index: winograd.FilterTransforms() for index, layer in enumerate(self.features)
-                          if isinstance(layer, nn.Conv2d)}
+        # Each wide conv's Winograd filters by layer index, made on first use (msds.winograd).
+        self._winograd: Dict[int, winograd.FilterTransforms] = {}
 
     def train(self, mode: bool = True) -> "VGG16Trunk":
         return super().train(False)  # frozen: always in eval mode
@@ -114,7 +113,7 @@ class VGG16Trunk(nn.Module):
         for index in range(2, len(self.features)):
             layer = self.features[index]
             if winograd_convolutions and winograd.applies(x, layer):
-                x = winograd.conv3x3(x, layer, self._winograd[index])
+                x = winograd.conv3x3(x, layer, self._winograd.setdefault(index, winograd.FilterTransforms()))
             else:
                 x = layer(x)
         return x

@@ -140,6 +140,14 @@ class FilterTransforms:
         self._backward: Optional[torch.Tensor] = None
         self._weight: Optional[torch.Tensor] = None
 
+    # A copy or a pickle starts empty: the filters are remade from the weights
+    # on first use rather than carried (up to 36 MiB per layer).
+    def __getstate__(self) -> dict:
+        return {"filters": "remade on first use"}  # not empty: pickle skips __setstate__ for a falsy state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def refresh(self, weight: torch.Tensor) -> None:
         stamp = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
         if stamp != self._stamp:
@@ -177,14 +185,14 @@ def applies(x: torch.Tensor, layer: nn.Module) -> bool:
     """Whether `layer` on `x` runs by Winograd: a wide, frozen 3x3, stride-1,
     padding-1 float32 convolution on the CPU, outside autocast and torch.compile."""
     return (
-        isinstance(layer, nn.Conv2d)
+        not torch.compiler.is_compiling()  # first: nothing after it is traced
+        and isinstance(layer, nn.Conv2d)
         and layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.padding == (1, 1)
         and layer.dilation == (1, 1) and layer.groups == 1 and layer.bias is not None
         and layer.in_channels >= MIN_CHANNELS
         and x.device.type == "cpu" and x.dtype == layer.weight.dtype == torch.float32
         and not layer.weight.requires_grad and not layer.bias.requires_grad
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 

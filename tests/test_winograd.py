@@ -1,6 +1,9 @@
 """Winograd's F(4x4, 3x3) convolutions (msds.winograd) against torch's direct
 convolution in float64, and where the fast path uses them."""
 
+import pickle
+from copy import deepcopy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +89,16 @@ def test_filters_follow_changes_to_the_weights(rng):
     assert relative_error(winograd.conv3x3(x, layer, transforms), direct(x, layer)) <= 1e-12
     layer.weight = torch.nn.Parameter(torch.randn(3, 4, 3, 3, generator=rng, dtype=torch.float64), requires_grad=False)
     assert relative_error(winograd.conv3x3(x, layer, transforms), direct(x, layer)) <= 1e-12
+
+
+def test_copies_remake_the_filters(rng):
+    layer = conv_layer(4, 3, rng)
+    transforms = winograd.FilterTransforms()
+    x = torch.randn(1, 4, 8, 8, generator=rng, dtype=torch.float64)
+    winograd.conv3x3(x, layer, transforms)
+    for copy in (pickle.loads(pickle.dumps(transforms)), deepcopy(transforms)):
+        assert copy._forward is None and copy._stamp is None
+        assert relative_error(winograd.conv3x3(x, layer, copy), direct(x, layer)) <= 1e-12
 
 
 def wide_layer(**kwargs) -> torch.nn.Conv2d:
