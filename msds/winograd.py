@@ -92,7 +92,7 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
 
     tiles = max(1, CHUNK_ELEMENTS // c)
     if th * tw <= tiles:  # whole images per chunk
-        images, rows = max(1, tiles // (th * tw)), th
+        images, rows = min(n, max(1, tiles // (th * tw))), th
     else:  # bands of block rows of one image
         images, rows = 1, max(1, tiles // tw)
     chunk = images * rows * tw
