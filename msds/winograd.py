@@ -126,7 +126,8 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
                     else:
                         torch.add(part, bias, out=block[:, :, i, :, jj])
     if result.shape[2:] != (h, w):
-        result = result[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+        # A copy, never a view, even where the crop is contiguous (one image, whole rows).
+        result = result[:, :, :h, :w].clone(memory_format=torch.channels_last)
     return result
 
 

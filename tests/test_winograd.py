@@ -60,6 +60,18 @@ def test_in_float64_it_is_the_convolution(shape, chunk, rng, monkeypatch):
     assert relative_error(grad, exact_grad) <= 1e-12
 
 
+@pytest.mark.parametrize("n,h,w", [(1, 2, 4), (1, 6, 8), (2, 2, 4), (1, 3, 3)])
+def test_outputs_take_the_trunks_in_place_relu(n, h, w, rng):
+    # The trunk's ReLUs work in place; autograd refuses that on a view made
+    # inside a Function, which a crop of whole rows of one image would be.
+    layer = conv_layer(3, 2, rng)
+    x = torch.randn(n, 3, h, w, generator=rng, dtype=torch.float64, requires_grad=True)
+    winograd.conv3x3(x, layer, winograd.FilterTransforms()).relu_().sum().backward()
+    exact = x.detach().clone().requires_grad_()
+    F.conv2d(exact, layer.weight, layer.bias, padding=1).relu().sum().backward()
+    assert relative_error(x.grad, exact.grad) <= 1e-12
+
+
 def test_gradcheck(rng):
     layer = conv_layer(3, 2, rng)
     x = torch.randn(2, 3, 6, 5, generator=rng, dtype=torch.float64, requires_grad=True)
