@@ -172,7 +172,7 @@ def test_a_shared_reference_runs_through_the_trunk_once(metric, tmp_path, pair, 
     passes = []
     forward = msds.backbone.VGG16Trunk.forward
     monkeypatch.setattr(msds.backbone.VGG16Trunk, "forward",
-                        lambda self, images, mask=None: passes.append(images.shape[0]) or forward(self, images, mask))
+                        lambda self, images, *rest: passes.append(images.shape[0]) or forward(self, images, *rest))
     assert msds.cli.main(["score", str(ref), str(folder), "--metric", metric, "--levels", "1", "--weights", "random",
                           "--json", "--no-progress"]) == 0
     entries = json.loads(capsys.readouterr().out)["pairs"]
