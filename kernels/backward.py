@@ -78,6 +78,25 @@ def _add_resident_rows(
 
 
 @triton.jit
+def _add_side(
+    acc, out_base, f_base, gbar, inside, bi, bj, part, k_len, C, stride_c,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr, EVEN_C: tl.constexpr,
+    PRECISION: tl.constexpr, TILE_ORDER: tl.constexpr, ALIGNED: tl.constexpr, GRAD16: tl.constexpr,
+):
+    """One image's share of column block bj: gbar @ F[rows bj] into the
+    registers' acc (returned) with RESIDENT, else into its rows in memory."""
+    if not EVEN_C:  # entries past C belong to padding tiles and must not contribute
+        gbar = tl.where(inside, gbar, 0.0)
+    if RESIDENT > 0:
+        acc = _add_resident_rows(acc, f_base, gbar, bj, k_len, C, stride_c,
+                                 BLOCK_C, RESIDENT, EVEN_C, PRECISION, TILE_ORDER, ALIGNED, GRAD16)
+    else:
+        _accumulate_rows(out_base, f_base, gbar, bi, bj, bj > part, k_len, C, stride_c,
+                         BLOCK_C, BLOCK_K, EVEN_C, PRECISION, TILE_ORDER, ALIGNED, GRAD16)
+    return acc
+
+
+@triton.jit
 def _store_resident_rows(out_base, acc, bi, k_len, C,
                          BLOCK_C: tl.constexpr, RESIDENT: tl.constexpr, TILE_ORDER: tl.constexpr,
                          ALIGNED: tl.constexpr):
@@ -141,36 +160,27 @@ def _gram_ssim_backward_kernel(
     eps = tl.load(eps_ptr)
     scale = tl.load(grad_ptr + image_level)
     rows = bi * BLOCK_C + _channel_order(BLOCK_C, 4, TILE_ORDER)
-    if RESIDENT > 0:
+    if RESIDENT > 0:  # the rows held in registers
         acc_x = tl.zeros((BLOCK_C, RESIDENT), dtype=ACC)
         acc_y = tl.zeros((BLOCK_C, RESIDENT), dtype=ACC)
+    else:  # placeholders, passed through unchanged: the rows live in memory
+        acc_x = tl.zeros((1, 1), dtype=ACC)
+        acc_y = tl.zeros((1, 1), dtype=ACC)
     for bj in range(part, NB, SPLIT):
         gx, gy = _gram_blocks(x_base, y_base, bi, bj, kx_len, ky_len, C, sxc, syc,
                               BLOCK_C, BLOCK_K, EVEN_C, PRECISION, ACC, TAIL_K, TILE_ORDER, ALIGNED, JOINT)
         dx, dy, score, denom = _centred_tiles(gx, gy, eps, BLOCK_C, TILE_ORDER)
         factor = _spread(scale * 4 / (16 * denom), TILE_ORDER)  # 2 / (n D), times the 2 of 2 dGx x
         s = _spread(score, TILE_ORDER)
-        gbar_x = tl.reshape(factor * (dy - s * dx), (BLOCK_C, BLOCK_C))
         cols = bj * BLOCK_C + _channel_order(BLOCK_C, 8, TILE_ORDER)
         inside = (rows[:, None] < C) & (cols[None, :] < C)
-        if not EVEN_C:  # entries past C belong to padding tiles and must not contribute
-            gbar_x = tl.where(inside, gbar_x, 0.0)
-        if RESIDENT > 0:
-            acc_x = _add_resident_rows(acc_x, x_base, gbar_x, bj, kx_len, C, sxc,
-                                       BLOCK_C, RESIDENT, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
-        else:
-            _accumulate_rows(out_x, x_base, gbar_x, bi, bj, bj > part, kx_len, C, sxc,
-                             BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
+        acc_x = _add_side(acc_x, out_x, x_base, tl.reshape(factor * (dy - s * dx), (BLOCK_C, BLOCK_C)), inside,
+                          bi, bj, part, kx_len, C, sxc,
+                          BLOCK_C, BLOCK_K, RESIDENT, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
         if BOTH:
-            gbar_y = tl.reshape(factor * (dx - s * dy), (BLOCK_C, BLOCK_C))
-            if not EVEN_C:
-                gbar_y = tl.where(inside, gbar_y, 0.0)
-            if RESIDENT > 0:
-                acc_y = _add_resident_rows(acc_y, y_base, gbar_y, bj, ky_len, C, syc,
-                                           BLOCK_C, RESIDENT, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
-            else:
-                _accumulate_rows(out_y, y_base, gbar_y, bi, bj, bj > part, ky_len, C, syc,
-                                 BLOCK_C, BLOCK_K, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
+            acc_y = _add_side(acc_y, out_y, y_base, tl.reshape(factor * (dx - s * dy), (BLOCK_C, BLOCK_C)), inside,
+                              bi, bj, part, ky_len, C, syc,
+                              BLOCK_C, BLOCK_K, RESIDENT, EVEN_C, GRAD_PRECISION, TILE_ORDER, ALIGNED, GRAD16)
     if RESIDENT > 0:
         _store_resident_rows(out_x, acc_x, bi, kx_len, C, BLOCK_C, RESIDENT, TILE_ORDER, ALIGNED)
         if BOTH:
