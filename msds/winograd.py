@@ -13,11 +13,11 @@ tests/helpers.py bounds it).
 
 The products are one batched GEMM; the transforms are small matmuls and
 strided copies, done in chunks of tiles small enough to stay in cache, in
-buffers reused across chunks. Where it pays is measured (bench/cpu.py's
-"winograd" workload): layers with at least 128 input channels; the first
-layers, 3 or 64 channels wide at full resolution, stay direct, as does
-everything that is not float32 on the CPU, or that would need a gradient for
-the weights (the trunk is frozen).
+buffers reused across chunks. It pays (bench/cpu.py's trunk workloads time
+it beside the direct convolutions) on layers with at least 128 input
+channels; the first layers, 3 or 64 channels wide at full resolution, stay
+direct, as does everything that is not float32 on the CPU, or that would
+need a gradient for the weights (the trunk is frozen).
 """
 
 from __future__ import annotations
