@@ -22,6 +22,7 @@ need a gradient for the weights (the trunk is frozen).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -59,8 +60,9 @@ MIN_CHANNELS = 128  # narrower layers run direct (slower by Winograd on a 2-core
 CHUNK_ELEMENTS = 64 * 1024
 
 
+@functools.lru_cache(maxsize=None)
 def matrices(dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B^T (6 x 6), G (6 x 3) and A^T (4 x 6)."""
+    """B^T (6 x 6), G (6 x 3) and A^T (4 x 6), made once per dtype (callers never write to them)."""
     return tuple(torch.tensor(m, dtype=dtype) for m in (_BT, _G, _AT))
 
 
@@ -88,7 +90,7 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
     result = torch.empty(n, c_out, OUT * th, OUT * tw, dtype=x.dtype, device=x.device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)
-    bt, _, at = (m.to(x.dtype) for m in matrices())
+    bt, _, at = matrices(x.dtype)
 
     tiles = max(1, CHUNK_ELEMENTS // c)
     if th * tw <= tiles:  # whole images per chunk

@@ -79,14 +79,26 @@ UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat1
                  "tf32": 2.0**-10}  # TF32 keeps 10 mantissa bits: 2**-10 whether it truncates or rounds
 
 
-# Winograd's F(4x4, 3x3) (msds.winograd, the CPU fast path's wide layers)
-# rounds its 6x6 transformed blocks, whose coefficients (up to 5 in B^T, 8 in
-# A^T, so tens to a hundred in two dimensions) make those roundings several
-# times the size of a direct sum's: its error is dominated by the transforms,
-# not the channel sum. It is allowed this many times the direct bound; on a
-# 2-core EPYC it measured 0.2 to 0.5 of the direct bound (5e-6 to 1.4e-5
-# relative, against about 2e-6 for the direct float32 convolution).
-WINOGRAD_GROWTH = 4
+def winograd_growth() -> float:
+    """How many times a direct 3x3 sum's rounding F(4x4, 3x3) may carry (msds.winograd).
+
+    Output p is carried back from the 36 transformed products by row p of
+    A^T (x) A^T; product k multiplies filters weighted by row k of G (x) G and
+    inputs weighted by row k of B^T (x) B^T, so its rounding is about
+    |G_k| |B_k| times a direct term's, and the output's sums to
+    sqrt(sum_k A_pk^2 |G_k|^2 |B_k|^2) of them, against sqrt(9) for the
+    direct sum's 9 taps. The worst output (the block's far corner, where A^T
+    carries 8s) gives 31.4. The transforms' coefficients themselves are
+    checked in float64 (tests/test_winograd.py). Measured in float32: 0.2 to
+    0.5 of the direct bound, that is 5e-6 to 1.4e-5 relative, against about
+    2e-6 for torch's direct convolution.
+    """
+    from msds.winograd import matrices
+
+    bt, g, at = matrices()
+    a2, g2, b2 = torch.kron(at, at), torch.kron(g, g), torch.kron(bt, bt)
+    per_output = (a2**2 * ((g2**2).sum(1) * (b2**2).sum(1))[None, :]).sum(1)
+    return math.sqrt(per_output.max().item() / 9)
 
 
 def rounding_rtol(roundings: int, dtype: torch.dtype = torch.float32) -> float:

@@ -110,7 +110,9 @@ def test_fast_and_plain_paths_in_float32_are_within_rounding_of_float64(levels, 
     # Both configurations against float64, each within the float32 bounds of
     # tests/helpers.py. Measured on a 2-core EPYC, AVX-512 and AVX2 alike,
     # over four seeds: scores 1.5e-7 from float64 (bound 4.1e-6); gradients
-    # 2.5e-5 (fast) and 8.6e-6 (plain) relative (bound 1.4e-4).
+    # 2.5e-5 (fast) and 8.6e-6 (plain) relative (bound 1.4e-4). With the
+    # fast path's wide layers by Winograd (three seeds): scores up to 0.05
+    # of their bound, gradients up to 0.34 of theirs.
     x, y = images(rng, device, shape=shape)
     for fast in (True, False):  # True is the default
         scores = []
