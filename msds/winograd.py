@@ -100,7 +100,9 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
     chunk = images * rows * tw
     # Flat buffers, reused by every chunk: each step takes a contiguous prefix.
     gathered, rows_done, transformed = (x.new_empty(POINTS * chunk * c) for _ in range(3))
-    products, half_back, blocks = (x.new_empty(POINTS * chunk * c_out) for _ in range(3))
+    products = x.new_empty(POINTS * chunk * c_out)
+    half_back = x.new_empty(OUT * IN * chunk * c_out)
+    blocks = x.new_empty(OUT * OUT * chunk * c_out)
     for n0 in range(0, n, images):
         k = min(images, n - n0)
         for r0 in range(0, th, rows):
