@@ -7,7 +7,7 @@ bad call fails at the API boundary rather than deep inside torch.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 
@@ -84,8 +84,9 @@ def check_levels(levels: object) -> int:
     return levels
 
 
-def check_image(name: str, image: object, levels: int, check_range: bool) -> torch.Tensor:
-    """An RGB batch (B, 3, H, W) large enough for `levels` pyramid levels, in [0, 1] if checked."""
+def check_image(name: str, image: object, levels: int) -> torch.Tensor:
+    """An RGB batch (B, 3, H, W) large enough for `levels` pyramid levels (its values are
+    check_pixel_range's business: that check synchronises with the device)."""
     check_tensor(name, image)
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"{name}: expected an RGB batch of shape (B, 3, H, W), got shape {tuple(image.shape)}")
@@ -98,38 +99,61 @@ def check_image(name: str, image: object, levels: int, check_range: bool) -> tor
             f"{name}: expected images of at least {smallest}x{smallest} pixels for levels={levels} "
             f"(relu5_1 needs 16x16 pixels at the coarsest level), got {height}x{width}"
         )
-    if check_range:
-        check_pixel_range(name, image)
     return image
 
 
-def check_pixel_range(name: str, image: torch.Tensor) -> None:
+def check_data_range(value: object) -> Tuple[float, float]:
+    """The value range of the images: a number `high` for [0, high], or a pair (low, high)."""
+    pair = (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+            and pair[0] < pair[1]):
+        return float(pair[0]), float(pair[1])
+    raise ValueError(
+        f"data_range: expected a number high > 0 (images in [0, high]) or a pair (low, high) with low < high, "
+        f"for example 1.0, 255 or (-1, 1); got {describe(value)}"
+    )
+
+
+def check_pixel_range(name: str, image: torch.Tensor, data_range: Tuple[float, float] = (0.0, 1.0),
+                      slack: float = 0.0) -> None:
+    """Pixel values within data_range, widened by `slack` times its width on each side; no NaN or inf."""
+    low, high = data_range
+    margin = slack * (high - low)
     # One fused test that also catches NaN, which fails both comparisons.
-    if not bool(((image >= 0) & (image <= 1)).all()):
-        raise ValueError(
-            f"{name}: expected pixel values in [0, 1] (no NaN), got values in "
-            f"[{image.min().item():.4g}, {image.max().item():.4g}]; "
-            "pass check_range=False to skip this check"
-        )
+    if bool(((image >= low - margin) & (image <= high + margin)).all()):
+        return
+    allowed = f"[{low:g}, {high:g}]"
+    if margin:
+        allowed = f"[{low - margin:g}, {high + margin:g}] (data_range {allowed} with a margin for overshoot)"
+    nan, inf = int(image.isnan().sum()), int(image.isinf().sum())
+    if nan or inf:
+        found = f"{nan} NaN and {inf} infinite values"
+    else:
+        found = f"values in [{image.min().item():.4g}, {image.max().item():.4g}]"
+    raise ValueError(
+        f"{name}: expected pixel values in {allowed}, no NaN or inf, got {found}; "
+        "set data_range to the images' range, or pass check_range=False to skip this check"
+    )
 
 
-def check_images(x: object, y: object, levels: int, check_range: bool) -> None:
-    """Two RGB batches of one batch size, device and dtype (see check_image).
+def check_images(x: object, y: object, levels: int) -> None:
+    """Two RGB batches of one batch size on one device (see check_image).
 
     Heights and widths are each image's own: DeepSSIM compares C x C Gram
-    matrices, so references need not match the test image's geometry.
+    matrices, so references need not match the test image's geometry. The
+    dtypes may differ too (a bf16 prediction against a float32 target):
+    the metric casts both to one working dtype.
     """
-    check_image("x", x, levels, check_range=False)
-    check_image("y", y, levels, check_range=False)
+    check_image("x", x, levels)
+    check_image("y", y, levels)
     if y.shape[0] != x.shape[0]:
         raise ValueError(
             f"y: expected the batch size of x ({x.shape[0]}), got {y.shape[0]} "
             f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
         )
-    check_device_dtype("x", x, "y", y)
-    if check_range:
-        check_pixel_range("x", x)
-        check_pixel_range("y", y)
+    if x.device != y.device:
+        raise ValueError(f"y: expected the same device as x ({x.device}), got {y.device}")
 
 
 def min_side(levels: int) -> int:
@@ -138,7 +162,15 @@ def min_side(levels: int) -> int:
 
 
 def check_mask(name: str, mask: object, image: torch.Tensor) -> torch.Tensor:
-    """A binary saliency mask for `image`, returned as (B, 1, H, W) in the image's dtype."""
+    """A binary saliency mask for `image`, returned as (B, 1, H, W) 0/1 in the image's dtype.
+
+    The one rule for masks, from tensors and from files alike: 0 is not
+    salient, and the salient value is 1 (bool True, or 1 in any numeric
+    dtype) or, for 8-bit data (uint8 tensors, 8-bit mask files), 255. A mask
+    with other values (a soft saliency map) is refused: threshold it first.
+    A mask with nothing salient in some image is refused too: it would
+    zero that image's features and score 1 whatever the image.
+    """
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {describe(mask)}")
     batch, _, height, width = image.shape
@@ -151,6 +183,24 @@ def check_mask(name: str, mask: object, image: torch.Tensor) -> torch.Tensor:
         )
     if mask.device != image.device:
         raise ValueError(f"{name}: expected a tensor on {image.device}, got {mask.device}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name}: expected a binary mask (values 0 and 1 only), got other values")
-    return mask.to(image.dtype)
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name}: expected a bool, integer or floating mask, got {describe(mask)}")
+    salient = mask != 0
+    on_values = (255,) if mask.dtype == torch.uint8 else ()
+    on_values = (1,) + on_values
+    binary = [bool((salient <= (mask == value)).all()) for value in on_values]
+    if not any(binary):
+        found = torch.unique(mask[salient])[:4].tolist()
+        allowed = "1 or 255" if mask.dtype == torch.uint8 else "1"
+        raise ValueError(
+            f"{name}: expected a binary mask (0 = not salient, {allowed} = salient), got other values "
+            f"(e.g. {', '.join(f'{v:g}' for v in found)}); threshold a soft saliency map first"
+        )
+    empty = (~salient).flatten(1).all(1)
+    if bool(empty.any()):
+        index = int(empty.nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: expected at least one salient pixel in every image, got none in batch index {index} "
+            "(an empty mask zeroes the image's features, so any two such images would score 1)"
+        )
+    return salient.to(image.dtype)

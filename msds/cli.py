@@ -378,7 +378,7 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("--metric", choices=tuple(METRIC_NAMES),
                        help="msds (default), deepssim, or lite (DeepSSIM-Lite); --saliency implies deepssim")
     score.add_argument("--saliency", nargs=2, metavar=("REF_MASK", "DIST_MASK"),
-                       help="saliency-calibrated DeepSSIM: binary mask images (nonzero = salient), each the size "
+                       help="saliency-calibrated DeepSSIM: binary mask images (0 = not salient, 1 or 255 = salient), each the size "
                             "of its own image; folders of masks named like the images for folders")
     score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     model_options(score)

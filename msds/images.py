@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from msds._checks import check_image
+from msds._checks import check_image, check_mask
+
+PathArg = Union[str, "os.PathLike[str]"]
+# Pillow's modes of 16-bit (and 32-bit integer) single-channel images: their
+# values are scaled by 65535, not clipped to 8 bits as convert("RGB") would.
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -18,19 +25,48 @@ class ImageError(ValueError):
     """An image file is missing, unreadable or unusable."""
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """An image file as a (1, 3, H, W) float32 tensor in [0, 1] (converted to RGB)."""
+def load_image(path: PathArg) -> torch.Tensor:
+    """An image file as a (1, 3, H, W) float32 tensor in [0, 1].
+
+    8-bit images are divided by 255, 16-bit grayscale ones by 65535 (16-bit
+    RGB files are read at 8 bits by Pillow, at their true scale); grayscale
+    is repeated into three channels. An alpha channel is dropped: an image
+    with any pixel not fully opaque gets a warning naming the file, since
+    its transparent parts are scored as the colours stored under them.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+            pixels = _rgb_in_unit_range(image, path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: not a readable image ({err})") from err
-    return torch.from_numpy(pixels / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def load_image_for(path: Path, levels: int) -> torch.Tensor:
+def _rgb_in_unit_range(image: Image.Image, path: Path) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from any Pillow image, at its true scale."""
+    if image.mode in WIDE_GRAY_MODES:
+        values = np.asarray(image).astype(np.float32)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"expected 16-bit values in [0, 65535], got values in [{values.min():g}, {values.max():g}]")
+        return np.repeat(values[..., None] / 65535.0, 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not (values.min() >= 0 and values.max() <= 1):
+            raise ValueError(f"expected floating-point values in [0, 1], got values in [{values.min():g}, {values.max():g}]")
+        return np.repeat(values[..., None], 3, axis=2)
+    if "A" in image.getbands() or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            warnings.warn(f"{path}: the image is not fully opaque (alpha as low as {alpha.min()} of 255); its alpha "
+                          "channel is ignored, so transparent pixels are scored as the colours stored under them",
+                          stacklevel=3)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image_for(path: PathArg, levels: int) -> torch.Tensor:
     """load_image, refused with the file's name if too small for `levels` pyramid levels."""
     image = load_image(path)
     try:
@@ -40,23 +76,38 @@ def load_image_for(path: Path, levels: int) -> torch.Tensor:
     return image
 
 
-def load_mask(path: Path, image: torch.Tensor, image_path: Path) -> torch.Tensor:
-    """A saliency mask file as a (1, 1, H, W) float32 tensor of 0 and 1 (nonzero = salient).
+def load_mask(path: PathArg, image: torch.Tensor, image_path: PathArg) -> torch.Tensor:
+    """A saliency mask file as a (1, 1, H, W) float32 tensor of 0 and 1.
 
-    It must have the size of `image`, the (1, 3, H, W) image it calibrates.
+    The rule of msds's masks (msds._checks.check_mask): 0 is not salient;
+    the salient value is 1 or the file's full value (255 in an 8-bit file,
+    65535 in a 16-bit one, white in a bilevel one). Other values (a soft
+    saliency map) and a mask with no salient pixel are refused. The mask
+    must have the size of `image`, the (1, 3, H, W) image it calibrates.
     """
+    path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
         with Image.open(path) as mask:
-            values = np.asarray(mask.convert("L"))
+            values = np.asarray(mask if mask.mode in WIDE_GRAY_MODES + ("1",) else mask.convert("L"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: not a readable image ({err})") from err
     height, width = image.shape[-2:]
     if values.shape != (height, width):
         raise ImageError(f"{path}: expected a mask the size of {image_path} ({width}x{height}), "
                          f"got {values.shape[1]}x{values.shape[0]}")
-    return torch.from_numpy((values != 0).astype(np.float32))[None, None]
+    if values.dtype != np.bool_ and values.dtype != np.uint8:
+        # 16-bit: full scale is 65535; as 8-bit data it is 255, the same rule.
+        values = np.where(values == 65535, 255, values)
+        values = values.astype(np.uint8) if values.max() <= 255 and values.min() >= 0 else values.astype(np.int64)
+    if not values.any():
+        raise ImageError(f"{path}: no salient pixel (every value is 0); a saliency mask marks salient pixels "
+                         "with 1 or the file's full value (255 in an 8-bit file)")
+    try:
+        return check_mask("mask", torch.from_numpy(values.copy())[None, None], image).float()
+    except ValueError as err:
+        raise ImageError(f"{path}: {str(err).removeprefix('mask: ')}") from err
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:

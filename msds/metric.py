@@ -21,6 +21,14 @@ from msds.head import lite_score, multiscale_gram_ssim
 from msds.pyramid import image_pyramid
 from msds.weights import WeightsArg
 
+# The images' value range: a number high for [0, high] (1.0, 255), or a pair (low, high) such as (-1, 1).
+DataRange = Union[float, Tuple[float, float]]
+# How far, in widths of data_range, a loss's first call lets the prediction and
+# the target stray outside it: an untrained model's output strays (a small
+# denoiser at initialisation gave [-0.67, 0.12]); a target straight from the
+# data only by a resampling filter's overshoot.
+FIRST_CALL_SLACK = (1.0, 0.1)
+
 
 @dataclass(frozen=True)
 class ReferenceFeatures:
@@ -50,7 +58,7 @@ class _DeepFeatureMetric(nn.Module):
 
     def __init__(
         self,
-        weights: WeightsArg,
+        weights: Union[WeightsArg, VGG16Trunk],
         as_loss: bool,
         reduction: Optional[str],
         check_range: Optional[bool],
@@ -59,14 +67,19 @@ class _DeepFeatureMetric(nn.Module):
         precision: str,
         fast: Optional[bool],
         trunk_dtype: Optional[torch.dtype],
+        data_range: DataRange,
     ) -> None:
         super().__init__()
         self.as_loss = bool(as_loss)
         self.reduction = _checks.check_choice(
             "reduction", "mean" if reduction is None and as_loss else reduction or "none", _checks.REDUCTIONS
         )
-        # The range check synchronises with the device, so losses skip it by default.
+        self.data_range = _checks.check_data_range(data_range)
+        # The range check synchronises with the device, so by default a loss
+        # checks its inputs on its first call only; the metric checks every call.
         self.check_range = (not self.as_loss) if check_range is None else bool(check_range)
+        self.check_first_call = self.as_loss and check_range is None
+        self._inputs_checked = False
         self.eps = _checks.check_eps(eps)
         self.backend = _checks.check_choice("backend", backend, _checks.BACKENDS)
         self.precision = _checks.check_choice("precision", precision, _checks.PRECISIONS)
@@ -74,12 +87,42 @@ class _DeepFeatureMetric(nn.Module):
             raise TypeError(f"fast: expected True, False or None, got {_checks.describe(fast)}")
         self.fast = fast
         self.trunk_dtype = fastpath.check_trunk_dtype(trunk_dtype)
-        self.trunk = VGG16Trunk(weights)
+        # A VGG16Trunk given as `weights` is shared, not copied (one trunk for several metrics).
+        self.trunk = weights if isinstance(weights, VGG16Trunk) else VGG16Trunk(weights)
 
     @property
     def pretrained(self) -> bool:
         """False when the trunk is the seeded random initialisation."""
         return self.trunk.pretrained
+
+    @property
+    def higher_is_better(self) -> bool:
+        """True for scores (1 = identical), False for losses (1 - score): torchmetrics' name."""
+        return not self.as_loss
+
+    @property
+    def lower_better(self) -> bool:
+        """The opposite of higher_is_better: pyiqa's name for the same fact."""
+        return self.as_loss
+
+    def _check_values(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None) -> None:
+        """The range and finiteness check of the prediction x and the target y
+        (either may be absent): every call, or a loss's first call by default.
+
+        A loss's first
+        call lets values stray outside data_range (FIRST_CALL_SLACK) and
+        refuses NaN, inf and another convention (0-255 images against
+        [0, 1]); later calls stay free of host synchronisation. Under
+        torch.compile the first-call check is skipped (a data-dependent
+        branch cannot be traced).
+        """
+        first_call = self.check_first_call and not self._inputs_checked and not torch.compiler.is_compiling()
+        if not (self.check_range or first_call):
+            return
+        for name, image, slack in (("x", x, FIRST_CALL_SLACK[0]), ("y", y, FIRST_CALL_SLACK[1])):
+            if image is not None:
+                _checks.check_pixel_range(name, image, self.data_range, slack=0.0 if self.check_range else slack)
+        self._inputs_checked = True
 
     def _trunk_dtype(self) -> torch.dtype:
         return self.trunk.features[0].weight.dtype
@@ -90,18 +133,30 @@ class _DeepFeatureMetric(nn.Module):
     def _backend(self, fast: bool) -> str:
         return self.backend if fast else "reference"
 
-    def _working_dtype(self, images: torch.Tensor) -> torch.dtype:
-        """The trunk's dtype, or float64 for float64 images, which run through
-        float64 copies of the weights so they are scored in float64."""
-        return torch.float64 if images.dtype == torch.float64 else self._trunk_dtype()
+    def _working_dtype(self, *dtypes: torch.dtype) -> torch.dtype:
+        """The dtype both images are scored in: the trunk's parameter dtype
+        (float32 unless the module was cast), or float64 when either image is
+        float64 (then the trunk runs float64 copies of its weights).
 
-    def _pyramid(self, images: torch.Tensor) -> List[torch.Tensor]:
+        So a bf16 or fp16 prediction against a float32 target (a model's
+        output under autocast) is cast to float32 first: the result is the
+        one both images cast to float32 would give, under the same autocast
+        if one is active (which then runs the trunk in 16 bits). The
+        prediction's gradient comes back in its own dtype.
+        """
+        return torch.float64 if torch.float64 in dtypes else self._trunk_dtype()
+
+    def _pyramid(self, images: torch.Tensor, dtype: torch.dtype) -> List[torch.Tensor]:
         # Cast first, so the pooled levels are rounded in the working dtype, not the images'.
-        return image_pyramid(images.to(self._working_dtype(images)), self.levels)
+        images = images.to(dtype)
+        low, high = self.data_range
+        if (low, high) != (0.0, 1.0):
+            images = (images - low) / (high - low)  # on the device: no host synchronisation
+        return image_pyramid(images, self.levels)
 
     def _run_trunk(self, images: torch.Tensor, fast: bool, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """relu5_1 features of images, cast to the working dtype, in the fast or the plain configuration."""
-        dtype = self._working_dtype(images)
+        dtype = self._working_dtype(images.dtype)
         images = fastpath.trunk_input(images.to(dtype), fast)
         mask = None if mask is None else mask.to(dtype)
         step = fastpath.images_per_pass(images, fast)
@@ -117,18 +172,19 @@ class _DeepFeatureMetric(nn.Module):
             return torch.func.functional_call(self.trunk, weights, (images, mask, fast))
 
     def _precompute(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> ReferenceFeatures:
-        _checks.check_image("y", y, self.levels, self.check_range)
+        _checks.check_image("y", y, self.levels)
+        self._check_values(y=y)
         fast = self._is_fast(y)
         # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
         features = tuple(self._run_trunk(level, fast, mask if index == 0 else None).contiguous()
-                         for index, level in enumerate(self._pyramid(y)))
+                         for index, level in enumerate(self._pyramid(y, self._working_dtype(y.dtype))))
         return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
 
     def _reference_pair(
         self, x: torch.Tensor, ref: ReferenceFeatures, mask_x: Optional[torch.Tensor] = None
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Trunk features of x at every level, and the precomputed reference's, broadcast to x's batch."""
-        _checks.check_image("x", x, self.levels, self.check_range)
+        _checks.check_image("x", x, self.levels)
         ref_batch = ref.image_shape[0]
         if len(ref.features) != self.levels:
             raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
@@ -137,13 +193,18 @@ class _DeepFeatureMetric(nn.Module):
                 f"x: expected a batch of {ref_batch} images like the precomputed reference "
                 f"{tuple(ref.image_shape)} (or a reference batch of 1, which broadcasts), got {tuple(x.shape)}"
             )
-        if x.device != ref.device or x.dtype != ref.dtype:
-            raise ValueError(
-                f"x: expected {ref.dtype} on {ref.device} like the precomputed reference, got {x.dtype} on {x.device}"
+        dtype = ref.features[0].dtype
+        if x.device != ref.device:
+            raise ValueError(f"x: expected a tensor on {ref.device} like the precomputed reference, got {x.device}")
+        if self._working_dtype(x.dtype, dtype) != dtype:
+            raise TypeError(
+                f"x: expected images that score in {dtype} like the precomputed reference (made from {ref.dtype} "
+                f"images), got {x.dtype}; precompute the reference from {x.dtype} images"
             )
+        self._check_values(x)
         fast = self._is_fast(x)
         fxs = [self._run_trunk(level, fast, mask_x if index == 0 else None)
-               for index, level in enumerate(self._pyramid(x))]
+               for index, level in enumerate(self._pyramid(x, dtype))]
         fys = [f.expand(x.shape[0], *f.shape[1:]) for f in ref.features]
         return fxs, fys
 
@@ -195,13 +256,17 @@ class MSDS(_DeepFeatureMetric):
         levels: pyramid levels L (level 0 is the input, each next one a 2x2
             average pool of the previous). Images need sides of at least
             16 * 2**(L-1) pixels.
-        weights: "imagenet", a path to a VGG16 state dict, or None for a
-            seeded random trunk (see msds.weights).
-        as_loss: return 1 - score, mean-reduced by default, for training.
+        weights: "imagenet", a path to a VGG16 state dict, None for a
+            seeded random trunk (see msds.weights), or a VGG16Trunk to share
+            (for example another metric's `.trunk`: one trunk in memory).
+        as_loss: return 1 - score, mean-reduced by default, for training
+            (then higher_is_better is False).
         reduction: "none" (per-image, the metric's default), "mean" (the
             loss's default) or "sum".
-        check_range: refuse pixel values outside [0, 1]; on by default for
-            the metric, off for the loss (the check synchronises the device).
+        check_range: refuse pixel values outside `data_range` (and NaN, inf).
+            None (the default): the metric checks every call, the loss its
+            first call only (the check synchronises with the device); True:
+            every call; False: never.
         fit_fusion: let the fusion logits receive gradients (never with
             as_loss, where every weight is frozen).
         fusion: a fusion file written by `msds fit` (msds.fusion) whose
@@ -216,6 +281,14 @@ class MSDS(_DeepFeatureMetric):
             default): fast for CUDA and CPU tensors, plain otherwise.
         trunk_dtype: None, or torch.bfloat16 / torch.float16 to run the trunk
             under autocast on the fast path (head statistics stay fp32).
+        data_range: the images' value range, a number high for [0, high]
+            (1.0, the default; 255 for 8-bit values) or a pair (low, high)
+            such as (-1, 1); mapped to [0, 1] on the device, without a host
+            synchronisation.
+
+    x and y may have different floating dtypes (a bf16 model output against
+    a float32 target): both are cast to the working dtype, the module's
+    parameter dtype (float32), or float64 if either image is float64.
 
     The fused score is sum_l softmax(fusion_logits)_l * S_l; the logits start
     at zero (uniform weights). 1 means identical; higher is more similar.
@@ -224,7 +297,7 @@ class MSDS(_DeepFeatureMetric):
     def __init__(
         self,
         levels: int = 3,
-        weights: WeightsArg = "imagenet",
+        weights: Union[WeightsArg, VGG16Trunk] = "imagenet",
         *,
         as_loss: bool = False,
         reduction: Optional[str] = None,
@@ -236,8 +309,10 @@ class MSDS(_DeepFeatureMetric):
         precision: str = "tf32x3",
         fast: Optional[bool] = None,
         trunk_dtype: Optional[torch.dtype] = None,
+        data_range: DataRange = 1.0,
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype,
+                         data_range)
         self.levels = _checks.check_levels(levels)
         if fit_fusion and as_loss:
             raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
@@ -275,8 +350,10 @@ class MSDS(_DeepFeatureMetric):
         if isinstance(y, ReferenceFeatures):
             fxs, fys = self._reference_pair(x, y)
         else:
-            _checks.check_images(x, y, self.levels, self.check_range)
-            fxs, fys = self._pair_features(self._pyramid(x), self._pyramid(y))
+            _checks.check_images(x, y, self.levels)
+            self._check_values(x, y)
+            dtype = self._working_dtype(x.dtype, y.dtype)
+            fxs, fys = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype))
         backend = self._backend(self._is_fast(x))
         return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=backend, precision=self.precision)
 
@@ -295,7 +372,7 @@ class DeepSSIM(_DeepFeatureMetric):
 
     Args:
         weights, as_loss, reduction, check_range, eps, backend, precision, fast,
-        trunk_dtype: as for MSDS.
+        trunk_dtype, data_range: as for MSDS (x and y may differ in dtype too).
         lite: the DeepSSIM-Lite variant meant for optimisation: each Gram
             divided by its own C*h*w and one global tile over the whole C x C matrix
             (always computed by the reference head; it is cheap). Use it with
@@ -305,16 +382,17 @@ class DeepSSIM(_DeepFeatureMetric):
     against references y (B, 3, H', W'), which may differ in size (for
     example a retargeted or cropped image against its original); each needs
     sides of at least 16 pixels. Optional binary saliency masks (B, 1, H, W)
-    or (B, H, W), each the size of its own image, 1 where salient, multiply
-    the conv1_1 output of the matching image (the saliency-calibrated
-    variant). 1 means identical; higher is more similar.
+    or (B, H, W), each the size of its own image, multiply the conv1_1
+    output of the matching image (the saliency-calibrated variant): bool, or
+    0/1 in any dtype (0/255 in uint8); every image needs a salient pixel.
+    1 means identical; higher is more similar.
     """
 
     levels = 1
 
     def __init__(
         self,
-        weights: WeightsArg = "imagenet",
+        weights: Union[WeightsArg, VGG16Trunk] = "imagenet",
         *,
         lite: bool = False,
         as_loss: bool = False,
@@ -325,8 +403,10 @@ class DeepSSIM(_DeepFeatureMetric):
         precision: str = "tf32x3",
         fast: Optional[bool] = None,
         trunk_dtype: Optional[torch.dtype] = None,
+        data_range: DataRange = 1.0,
     ) -> None:
-        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype)
+        super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype,
+                         data_range)
         self.lite = bool(lite)
 
     def extra_repr(self) -> str:
@@ -359,12 +439,14 @@ class DeepSSIM(_DeepFeatureMetric):
                 mask_x = _checks.check_mask("mask_x", mask_x, x)
             (fx,), (fy,) = self._reference_pair(x, y, mask_x)
         else:
-            _checks.check_images(x, y, 1, self.check_range)
+            _checks.check_images(x, y, 1)
             if mask_x is not None:
                 mask_x = _checks.check_mask("mask_x", mask_x, x)
             if mask_y is not None:
                 mask_y = _checks.check_mask("mask_y", mask_y, y)
-            (fx,), (fy,) = self._pair_features([x], [y], mask_x, mask_y)
+            self._check_values(x, y)
+            dtype = self._working_dtype(x.dtype, y.dtype)
+            (fx,), (fy,) = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype), mask_x, mask_y)
         if self.lite:
             return lite_score(fx, fy, self.eps)
         backend = self._backend(self._is_fast(x))
