@@ -70,7 +70,7 @@ def load_image_for(path: PathArg, levels: int) -> torch.Tensor:
     """load_image, refused with the file's name if too small for `levels` pyramid levels."""
     image = load_image(path)
     try:
-        check_image("image", image, levels, check_range=False)
+        check_image("image", image, levels)
     except ValueError as err:
         raise ImageError(f"{path}: {str(err).removeprefix('image: ')}") from err
     return image

@@ -211,9 +211,12 @@ def test_folders_of_mixed_sizes_pair_by_name(tmp_path, random_state):
         assert entry["score"] == pytest.approx(expected, abs=2e-6)
 
 
-def write_mask(path, seed, size):
+def write_mask(path, seed, size, kind="binary"):
+    """A mask file: 0/255 ("binary"), graded values ("soft") or nothing salient ("empty")."""
     rng = np.random.default_rng(seed)
-    values = (rng.random((size[1], size[0])) > 0.4) * rng.integers(1, 256, (size[1], size[0]))  # nonzero = salient
+    salient = rng.random((size[1], size[0])) > 0.4
+    values = {"binary": salient * 255, "soft": salient * rng.integers(1, 256, salient.shape),
+              "empty": salient * 0}[kind]
     Image.fromarray(values.astype(np.uint8)).save(path)
     return path
 
@@ -229,7 +232,7 @@ def test_saliency_calibrated_deepssim_matches_the_oracle(tmp_path, random_state)
     assert report["metric"] == "deepssim" and report["saliency"]
 
     def binary(path):
-        return torch.from_numpy(np.asarray(Image.open(path)) != 0).double()[None, None]
+        return torch.from_numpy(np.asarray(Image.open(path)) == 255).double()[None, None]
 
     expected = deepssim_head(trunk_np(read_rgb(dist), random_state, binary(dist_mask)),
                              trunk_np(read_rgb(ref), random_state, binary(ref_mask)))[0]
@@ -247,12 +250,15 @@ def test_saliency_calibrated_deepssim_matches_the_oracle(tmp_path, random_state)
     ("mask of the other size", "dm.png: expected a mask the size of"),
     ("missing mask", "absent.png: no such file"),
     ("saliency with msds", "--saliency: applies to --metric deepssim"),
+    ("soft mask", "dm.png: expected a binary mask (0 = not salient, 1 or 255 = salient)"),
+    ("empty mask", "dm.png: no salient pixel"),
 ])
 def test_saliency_problems_give_one_line(problem, expected, tmp_path):
     ref = write_image(tmp_path / "ref.png", 0, size=(64, 44))
     dist = write_image(tmp_path / "dist.png", 1, size=(40, 44))
     ref_mask = write_mask(tmp_path / "ref_mask.png", 2, (64, 44))
-    dist_mask = write_mask(tmp_path / "dm.png", 3, (64, 44) if problem == "mask of the other size" else (40, 44))
+    kind = {"soft mask": "soft", "empty mask": "empty"}.get(problem, "binary")
+    dist_mask = write_mask(tmp_path / "dm.png", 3, (64, 44) if problem == "mask of the other size" else (40, 44), kind)
     if problem == "missing mask":
         dist_mask = tmp_path / "absent.png"
     extra = ["--metric", "msds"] if problem == "saliency with msds" else []

@@ -114,3 +114,57 @@ def test_a_clear_message_without_torchmetrics(monkeypatch):
     monkeypatch.delitem(sys.modules, "msds.torchmetrics")
     with pytest.raises(ImportError, match=r'pip install "torch-msds\[torchmetrics\]"'):
         importlib.import_module("msds.torchmetrics")
+
+
+def test_a_collection_holds_one_trunk_and_a_small_state_dict(rng):
+    collection = torchmetrics.MetricCollection({"msds": MSDSMetric(levels=2, weights=None),
+                                                "deepssim": DeepSSIMMetric(weights=None),
+                                                "lite": DeepSSIMMetric(weights=None, lite=True)})
+    trunks = {id(module) for module in collection.modules() if isinstance(module, msds.VGG16Trunk)}
+    assert len(trunks) == 1
+    state = collection.state_dict()
+    assert list(state) == ["msds.scorer.fusion_logits"]
+    # Another weights file is another trunk.
+    other = MSDSMetric(levels=2, weights=None)
+    assert other.scorer.trunk is collection["msds"].scorer.trunk
+    assert DeepSSIMMetric(weights=other.scorer.trunk).scorer.trunk is other.scorer.trunk
+
+
+def test_old_checkpoints_holding_the_trunk_still_load(rng):
+    metric = MSDSMetric(levels=2, weights=None)
+    old = {"scorer.fusion_logits": torch.tensor([0.5, -0.5])}
+    old.update({f"scorer.trunk.{key}": value.clone() for key, value in metric.scorer.trunk.state_dict().items()})
+    trunk_before = {key: value.clone() for key, value in metric.scorer.trunk.state_dict().items()}
+    result = metric.load_state_dict(old)  # strict
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(metric.scorer.fusion_logits.detach(), torch.tensor([0.5, -0.5]))
+    assert all(torch.equal(value, trunk_before[key]) for key, value in metric.scorer.trunk.state_dict().items())
+    metric.load_state_dict(metric.state_dict())  # and the new, small form
+    with pytest.raises(RuntimeError, match="fusion_logits"):
+        metric.load_state_dict({})  # what is not the trunk is still required
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(target=torch.rand(3, 3, 32, 32)), "target: expected the batch size of preds \\(2\\), got 3"),
+    (dict(preds=torch.rand(2, 1, 32, 32)), "preds: expected an RGB batch"),
+    (dict(preds=torch.rand(2, 3, 32, 32) * 255), "preds: expected pixel values in \\[0, 1\\]"),
+])
+def test_errors_name_preds_and_target(kwargs, message):
+    call = {"preds": torch.rand(2, 3, 32, 32), "target": torch.rand(2, 3, 32, 32), **kwargs}
+    with pytest.raises((TypeError, ValueError), match=message):
+        MSDSMetric(levels=1, weights=None).update(call["preds"], call["target"])
+    image = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="mask_preds: expected a binary mask"):
+        DeepSSIMMetric(weights=None).update(image, image, torch.full((2, 1, 32, 32), 0.5))
+
+
+def test_mixed_dtypes_and_value_ranges(rng):
+    preds, target = images((2, 3, 32, 32), rng, torch.float32), images((2, 3, 32, 32), rng, torch.float32)
+    metric = MSDSMetric(levels=1, weights=None)
+    metric.update(preds.bfloat16(), target)
+    expected = msds.MSDS(levels=1, weights=None)(preds.bfloat16().float(), target).double().mean()
+    torch.testing.assert_close(metric.compute(), expected, rtol=0, atol=1e-7)
+    ranged = DeepSSIMMetric(weights=None, data_range=(-1, 1))
+    ranged.update(preds.double() * 2 - 1, target.double() * 2 - 1)
+    unit = msds.DeepSSIM(weights=None)(preds.double(), target.double()).mean()
+    torch.testing.assert_close(ranged.compute(), unit, rtol=0, atol=1e-12)
