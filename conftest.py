@@ -1,5 +1,10 @@
 """Test and benchmark setup shared by tests/ and bench/.
 
+Two tiers: plain `pytest` runs the quick tier; `pytest --full` adds every
+test marked `full` (compiling every kernel configuration for Hopper, the GPU
+check's and the peers' smoke runs, child-process and larger-input checks).
+CI runs the full tier.
+
 Kernels run under the Triton interpreter on the CPU unless MSDS_TEST_DEVICE
 names a CUDA device; the variable must be set before triton is imported.
 On Linux x86_64, where triton is a dependency (setup.py), a triton that
@@ -29,12 +34,32 @@ def pytest_sessionstart(session) -> None:
                         "msds needs it: pip install -e \".[test]\"", returncode=1)
 
 
-def pytest_collection_modifyitems(items) -> None:
+def pytest_addoption(parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help="run the full tier too: the tests marked full (CI runs them; see README, Testing)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
     """Mark every test that takes the device fixture: `-m device` selects them
-    (bench.gpu_check runs exactly these on the GPU)."""
+    (bench.gpu_check runs exactly these on the GPU). Without --full, leave
+    out the full tier's tests (deselected, not skipped: they did not run)."""
     for item in items:
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
+    if config.getoption("--full"):
+        return
+    quick = [item for item in items if item.get_closest_marker("full") is None]
+    if len(quick) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("full") is not None])
+        items[:] = quick
+        config._msds_full_left_out = True
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    if getattr(config, "_msds_full_left_out", False):
+        deselected = len(terminalreporter.stats.get("deselected", []))
+        terminalreporter.write_line(f"quick tier: {deselected} tests deselected, among them the full tier's; "
+                                    "`pytest --full` runs everything (as CI does)")
 
 
 @pytest.fixture(scope="session")
