@@ -61,6 +61,22 @@ def fit_mapping(scores: np.ndarray, mos: np.ndarray,
     """
     scores = np.asarray(scores, dtype=np.float64)
     mos = np.asarray(mos, dtype=np.float64)
+    key = None if start is not None else (scores.tobytes(), mos.tobytes())
+    if key in _FITTED:  # a report fits the same columns several times (correlations, residuals, plot)
+        return _FITTED[key]
+    fitted = _fit_mapping(scores, mos, start)
+    if key is not None:
+        if len(_FITTED) >= 32:
+            _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = fitted
+    return fitted
+
+
+_FITTED: Dict[Tuple[bytes, bytes], Tuple[Callable[[np.ndarray], np.ndarray], str]] = {}
+
+
+def _fit_mapping(scores: np.ndarray, mos: np.ndarray,
+                 start: Optional[Sequence[float]]) -> Tuple[Callable[[np.ndarray], np.ndarray], str]:
     spread = scores.std()
     sign = 1.0 if spread == 0 or stats.spearmanr(scores, mos)[0] >= 0 else -1.0
     line = _linear(scores, mos, sign)

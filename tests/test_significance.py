@@ -108,7 +108,7 @@ def test_a_real_difference_is_found():
     diff = significance.paired_difference(report, "a", "b")
     assert diff["difference"] > 0 and diff["low"] > 0 and diff["p_value"] < 0.01
     residuals = {name: significance.residuals(values, mos) for name, values in columns.items()}
-    table = significance.significance_table(report, residuals)
+    table = significance.significance_table(report, residuals, groups)
     assert table["srcc"] == [[0, 1], [-1, 0]] and table["f_test"] == [[0, 1], [-1, 0]]
 
 
