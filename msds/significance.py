@@ -80,10 +80,19 @@ def _statistics(scores: np.ndarray, mos: np.ndarray, wanted: Sequence[str],
     if len(np.unique(scores)) < 2 or len(np.unique(mos)) < 2:
         return {name: float("nan") for name in wanted}
     if set(wanted) <= {"srcc", "krcc"}:  # no mapping needed: skip the logistic fit
-        values = {"srcc": stats.spearmanr(scores, mos)[0], "krcc": stats.kendalltau(scores, mos)[0]}
-        return {name: float(values[name]) for name in wanted}
+        rank_correlations = {"srcc": _spearman, "krcc": lambda a, b: stats.kendalltau(a, b)[0]}
+        return {name: float(rank_correlations[name](scores, mos)) for name in wanted}
     report = correlations(scores, mos, start)
     return {name: float(report[name]) for name in wanted}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's correlation by its definition, Pearson's of the average ranks
+    (scipy's spearmanr computes the same with more overhead per call)."""
+    ranks_a, ranks_b = stats.rankdata(a), stats.rankdata(b)
+    ranks_a -= ranks_a.mean()
+    ranks_b -= ranks_b.mean()
+    return float(ranks_a @ ranks_b / np.sqrt((ranks_a @ ranks_a) * (ranks_b @ ranks_b)))
 
 
 def bootstrap(columns: Mapping[str, Sequence[float]], mos: Sequence[float], groups: Sequence[int],
