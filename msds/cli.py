@@ -12,9 +12,10 @@ import torch
 
 from msds import demo, plots
 from msds._checks import min_side
+from msds import significance
 from msds.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
 from msds.datasets import DatasetError, read_dataset
-from msds.evaluate import dataset_pairs, evaluate, progress_bar, read_pairs
+from msds.evaluate import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
 from msds.fusion import FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
@@ -216,8 +217,17 @@ def save_demo_images(folder: Path, reference: torch.Tensor, labels, distorted: t
 def format_correlations(report: dict) -> str:
     if "srcc" not in report:
         return "too few scored pairs for correlations"
+    pairs = report.get("correlated", report["pairs"])
     return (f"SRCC {report['srcc']:.4f}  KRCC {report['krcc']:.4f}  PLCC {report['plcc']:.4f}  "
-            f"RMSE {report['rmse']:.4f}  ({report['pairs']} pairs; PLCC/RMSE after {report['mapping']} mapping)")
+            f"RMSE {report['rmse']:.4f}  ({pairs} pairs; PLCC/RMSE after {report['mapping']} mapping)")
+
+
+def describe_weights(record: dict) -> str:
+    """The trunk of a results record, in words; a random trunk said so plainly."""
+    weights = record["settings"]["weights"]
+    if weights["name"] == "random":
+        return "random (untrained: scores say nothing about image quality)"
+    return f"{weights['name']} ({weights['file']}, SHA-256 {weights['sha256'][:16]}...)"
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -225,18 +235,31 @@ def run_eval(args: argparse.Namespace) -> None:
         plots.require_matplotlib()  # before the long part, not after it
     if (args.csv is None) == (args.dataset is None):
         raise CommandError("eval: expected either --csv CSV (with --root) or --dataset NAME ROOT")
-    model_args = {"levels": args.levels, "weights": weights_arg(args.weights), "fusion": args.fusion}
+    saliency = tuple(Path(p) for p in args.saliency) if args.saliency else None
+    if saliency:
+        for path, role in zip(saliency, ("REF_MASKS", "DIST_MASKS")):
+            if not path.is_dir():
+                raise CommandError(f"--saliency: expected {role} to be a folder of masks laid out like the "
+                                   f"dataset's images, got {path}")
+    model_args = {"metric": args.metric, "levels": args.levels, "weights": weights_arg(args.weights),
+                  "fusion": args.fusion, "saliency": saliency}
     dataset = None
     if args.dataset:
         name, root = args.dataset
         dataset = read_dataset(name, Path(root), Path(args.meta) if args.meta else None,
                                Path(args.ref_root) if args.ref_root else None)
         pairs, root = dataset_pairs(dataset), Path(root)
+        if args.lower_is_better and not dataset.lower_is_better:
+            print(f"msds: warning: --lower-is-better contradicts the {dataset.name} reader, whose score is a "
+                  f"{dataset.score} (higher is better); the reader's direction is recorded", file=sys.stderr)
+        source = f"--dataset {name} {root}"
     else:
         pairs, root = read_pairs(Path(args.csv)), Path(args.root)
+        source = f"--csv {args.csv} --root {root}"
+    opinion = opinion_record(dataset, args.lower_is_better)
     try:
-        report = evaluate(pairs, root, Path(args.out), model_args, args.batch_size,
-                          args.device, args.skip_bad, progress=not args.no_progress)
+        report = evaluate(pairs, root, Path(args.out), model_args, args.batch_size, args.device, args.skip_bad,
+                          progress=not args.no_progress, restart=args.restart, opinion=opinion, source=source)
     finally:
         import torch.distributed as dist
 
@@ -244,28 +267,52 @@ def run_eval(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if report is None:  # not rank 0
         return
+    record = report["provenance"]
     if dataset is not None:
         report["dataset"] = {"name": dataset.name, "score": dataset.score, "lower_is_better": dataset.lower_is_better}
+    report["random_trunk"] = record["settings"]["weights"]["name"] == "random"
     rows = read_results(Path(args.out))
     if args.resamples and len(rows) >= 3:
-        report["analysis"] = analyse(rows, args.resamples, args.seed, args.compare)
+        report["analysis"] = analyse(rows, args.resamples, args.seed, args.compare, correction=args.correction)
     if args.plot:
-        report["plot"] = str(plots.save_eval_plot(Path(args.plot), rows, args.levels, report.get("analysis")))
+        report["plot"] = str(plots.save_eval_plot(Path(args.plot), rows, report_levels(record), report.get("analysis"),
+                                                  metric=METRIC_NAMES[record["settings"]["metric"]],
+                                                  note=plot_note(record)))
     if args.json:
         print(json.dumps(report, indent=2))
         return
     for item in report["skipped"]:
         print(f"skipped: {item['ref']} -> {item['dist']}: {item['reason']}", file=sys.stderr)
-    print(f"scored {report['scored']} of {report['pairs']} pairs ({len(report['skipped'])} skipped); "
-          f"per-pair results in {args.out}")
-    if dataset is not None:
-        print(f"dataset {dataset.name}: its score is a {dataset.score} "
-              f"({'lower' if dataset.lower_is_better else 'higher'} is better)")
+    settings = record["settings"]
+    print(f"metric: {METRIC_NAMES[settings['metric']]}"
+          + (f", {settings['levels']} levels" if settings["metric"] == "msds" else "")
+          + (f", fusion {settings['fusion']['file']}" if settings["fusion"] else "")
+          + ("; saliency-calibrated" if settings["saliency"] else "") + f"; trunk weights: {describe_weights(record)}")
+    print(f"{report['scored']} of {report['pairs']} pairs scored ({len(report['skipped'])} skipped; "
+          f"{report['scored_now']} scored by this run, {report['reused']} reused from {args.out}); "
+          f"per-pair results in {args.out}, their settings in {args.out}.meta.json")
+    if report["left_out"]:
+        print(f"{report['left_out']} scored pairs left out of the correlations (score or MOS not finite)")
+    opinion = record["opinion"]
+    direction = {True: "lower is better", False: "higher is better", None: "direction not given"}
+    print(f"opinion scores: {opinion['score']} ({direction[opinion['lower_is_better']]}; {opinion['source']})")
     print(format_correlations(report))
     if "analysis" in report:
         print(format_analysis(report["analysis"]))
     if args.plot:
         print(f"plot: {report['plot']}")
+
+
+def report_levels(record: dict) -> int:
+    """Level columns of a results file: MSDS's levels, none for DeepSSIM's."""
+    return record["settings"]["levels"] if record["settings"]["metric"] == "msds" else 0
+
+
+def plot_note(record: dict) -> str:
+    weights = record["settings"]["weights"]
+    if weights["name"] == "random":
+        return "RANDOM (untrained) trunk: scores say nothing about image quality"
+    return f"trunk {weights['name']} (SHA-256 {weights['sha256'][:12]})"
 
 
 def format_held_out(name: str, report: dict) -> str:
@@ -407,7 +454,20 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
                             help="compare score columns A and B of the results (repeatable; default: score "
                                  "against level0); a column added to the results CSV counts too")
-    evaluation.add_argument("--out", required=True, help="per-pair results CSV (resumes if a run was interrupted)")
+    evaluation.add_argument("--metric", choices=tuple(METRIC_NAMES), default="msds",
+                            help="msds (default: fused score and each level's), deepssim, or lite (DeepSSIM-Lite)")
+    evaluation.add_argument("--saliency", nargs=2, metavar=("REF_MASKS", "DIST_MASKS"),
+                            help="saliency-calibrated DeepSSIM (--metric deepssim or lite): folders of binary masks, "
+                                 "each at its image's path relative to the dataset root")
+    evaluation.add_argument("--lower-is-better", action="store_true",
+                            help="--csv: the mos column holds DMOS (lower is better); recorded with the results")
+    evaluation.add_argument("--correction", choices=significance.CORRECTIONS, default="holm",
+                            help="multiple-comparison adjustment of the significance table (default holm)")
+    evaluation.add_argument("--out", required=True,
+                            help="per-pair results CSV (resumes an interrupted run of the same settings; "
+                                 "its settings are recorded in OUT.meta.json)")
+    evaluation.add_argument("--restart", action="store_true",
+                            help="remove OUT, its part files and record, and score everything again")
     evaluation.add_argument("--batch-size", type=positive_int, default=16, help="distorted images per batch")
     evaluation.add_argument("--skip-bad", action="store_true",
                             help="skip pairs with missing or unreadable images, reporting each, instead of stopping")

@@ -336,7 +336,7 @@ def test_eval_reports_intervals_comparisons_and_a_column_the_user_added(tmp_path
     # A finished results file, extended by the user with another metric's
     # column, is analysed again with --compare: every column gets intervals,
     # the comparison its paired test and F-test, the table every pair.
-    write_dataset(tmp_path, references=4)
+    write_dataset(tmp_path, references=6)
     out = tmp_path / "out.csv"
     assert run(msds_command(*eval_args(tmp_path, out))).returncode == 0
     rows = read_rows(out)
@@ -350,12 +350,12 @@ def test_eval_reports_intervals_comparisons_and_a_column_the_user_added(tmp_path
     assert result.returncode == 0, result.stderr
     analysis = json.loads(result.stdout)["analysis"]
     assert list(analysis["intervals"]["columns"]) == ["score", "level0", "level1", "psnr"]
-    assert analysis["intervals"]["contents"] == 4 and analysis["intervals"]["resamples"] == 30
+    assert analysis["intervals"]["contents"] == 6 and analysis["intervals"]["resamples"] == 30
     for stats_ in analysis["intervals"]["columns"].values():
         assert all(s["low"] <= s["value"] <= s["high"] or s["degenerate"] for s in stats_.values())
     (comparison,) = analysis["comparisons"]
     assert (comparison["a"], comparison["b"]) == ("psnr", "score")
-    assert comparison["f_test"]["df"] == [19, 19] and 0 < comparison["f_test"]["p_value"] <= 1
+    assert comparison["f_test"]["df"] == [29, 29] and 0 < comparison["f_test"]["p_value"] <= 1
     assert len(analysis["significance"]["srcc"]) == 4
     text = run(msds_command(*eval_args(tmp_path, out)))
     assert "score against level0:" in text.stdout and "residual F-test" in text.stdout
