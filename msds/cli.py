@@ -16,7 +16,8 @@ from msds import significance
 from msds.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
 from msds.datasets import DatasetError, read_dataset
 from msds.evaluate import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
-from msds.fusion import FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion
+from msds.fusion import (FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion,
+                         settle_direction)
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
 from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
@@ -324,9 +325,18 @@ def format_held_out(name: str, report: dict) -> str:
             for stat, value in stats.items()))
     for key, label in (("fitted_against_level0", "level 0"), ("fitted_against_uniform", "uniform")):
         d = report[key]
+        p = f"p = {d['p_value']:.4f}" if d["p_value"] is not None else f"no p-value: {d['refused']}"
         lines.append(f"   fitted against {label}: |SRCC| {d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "
-                     f"p = {d['p_value']:.4f}")
+                     + p)
     return "\n".join(lines)
+
+
+def tell_direction(notes: Sequence[str], data) -> None:
+    """Where each file's direction came from, and left-out rows, on stderr (stdout may be JSON)."""
+    for note in notes:
+        print(("msds: " if note.startswith("warning") else "") + note, file=sys.stderr)
+    if data.left_out:
+        print(f"{data.left_out} rows left out (a MOS or level score not finite)", file=sys.stderr)
 
 
 def run_fit_across(args: argparse.Namespace) -> None:
@@ -334,12 +344,16 @@ def run_fit_across(args: argparse.Namespace) -> None:
     if args.train:
         train = {name: read_level_scores(Path(name)) for name in args.train}
         test = {name: read_level_scores(Path(name)) for name in args.test or []}
+        for name, data in {**train, **test}.items():
+            tell_direction(settle_direction(data, name, args.lower_is_better), data)
         report = fit_across_datasets(train, test, args.steps, args.resamples, args.seed)
         objective = "maximise the mean over the training files of each one's Pearson correlation with its MOS"
         parts = [(f"train {name}", r) for name, r in report["train"].items()]
         parts += [(f"test {name}", r) for name, r in report["test"].items()]
     else:
-        report = fit_k_fold(read_level_scores(Path(args.scores)), args.folds, args.seed, args.steps, args.resamples)
+        data = read_level_scores(Path(args.scores))
+        tell_direction(settle_direction(data, args.scores, args.lower_is_better), data)
+        report = fit_k_fold(data, args.folds, args.seed, args.steps, args.resamples)
         objective = "maximise Pearson correlation with the MOS; k-fold over reference contents, then all of it"
         parts = [(f"fold {r['fold']} held out", r) for r in report["folds"]]
     info = {"objective": objective, "train": args.train or [args.scores], "test": args.test or [],
@@ -363,10 +377,12 @@ def run_fit(args: argparse.Namespace) -> None:
     if args.test or not args.scores:
         raise CommandError("fit: expected SCORES (with --test-fraction or --folds), or --train FILES [--test FILES]")
     data = read_level_scores(Path(args.scores))
-    report = fit_fusion(data, args.test_fraction, args.seed, args.steps, args.lower_is_better)
+    tell_direction(settle_direction(data, args.scores, args.lower_is_better), data)
+    report = fit_fusion(data, args.test_fraction, args.seed, args.steps, data.lower_is_better)
+    report["lower_is_better"], report["direction_source"] = data.lower_is_better, data.direction_source
     info = {"objective": "maximise Pearson correlation of the fused score with the MOS on the training references",
             "source": str(args.scores), "test_fraction": args.test_fraction, "seed": args.seed,
-            "lower_is_better": args.lower_is_better, "report": report}
+            "lower_is_better": data.lower_is_better, "direction_source": data.direction_source, "report": report}
     save_fusion(Path(args.out), report["logits"], info)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -488,7 +504,9 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--test-fraction", type=fraction, default=0.2, help="share of references held out (default 0.2)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the reference split")
     fit.add_argument("--steps", type=positive_int, default=500, help="optimiser steps")
-    fit.add_argument("--lower-is-better", action="store_true", help="the MOS column holds DMOS (lower is better)")
+    fit.add_argument("--lower-is-better", action="store_true",
+                     help="the MOS column holds DMOS (lower is better), for results without a record of it "
+                          "(a record from msds eval is followed, with a warning if this contradicts it)")
     fit.add_argument("--json", action="store_true", help="print JSON")
     fit.set_defaults(run=run_fit)
 

@@ -406,17 +406,17 @@ def test_fit_across_datasets_favours_the_level_that_carries_the_signal(tmp_path)
 
 def test_fit_by_k_fold_over_contents(tmp_path):
     scores = tmp_path / "scores.csv"
-    write_dataset_scores(scores, 1, references=12, seed=4)
+    write_dataset_scores(scores, 1, references=18, seed=4)
     result = run(msds_command("fit", str(scores), "--folds", "3", "--out", str(tmp_path / "f.json"),
                               "--resamples", "30", "--json"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [fold["fold"] for fold in report["folds"]] == [0, 1, 2]
-    assert sum(fold["references"] for fold in report["folds"]) == 12  # each content held out once
+    assert sum(fold["references"] for fold in report["folds"]) == 18  # each content held out once
     assert all(np.argmax(fold["weights"]) == 1 for fold in report["folds"])
     assert np.argmax(report["weights"]) == 1
-    bad = run(msds_command("fit", str(scores), "--folds", "13", "--out", str(tmp_path / "f.json")))
-    assert bad.returncode == 1 and "--folds: expected 2 to 12 folds" in bad.stderr
+    bad = run(msds_command("fit", str(scores), "--folds", "4", "--out", str(tmp_path / "f.json")))
+    assert bad.returncode == 1 and "--folds: expected 2 to 3 folds" in bad.stderr
 
 
 def crowded_scores_and_saturating_mos(rng):
