@@ -274,7 +274,7 @@ def holm(p_values: Sequence[float]) -> List[float]:
     return adjusted.tolist()
 
 
-TABLES = {"srcc": "paired content bootstrap on |SRCC|",
+TABLES = {"srcc": "paired bootstrap on |SRCC| over contents",
           "variance": "residual variances, sign flips over contents",
           "f_test": "residual F-test (assumes independent pairs)"}
 
