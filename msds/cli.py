@@ -12,10 +12,12 @@ import torch
 
 from msds import demo, plots
 from msds._checks import min_side
+from msds import significance
 from msds.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
 from msds.datasets import DatasetError, read_dataset
-from msds.evaluate import dataset_pairs, evaluate, progress_bar, read_pairs
-from msds.fusion import FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion
+from msds.evaluate import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
+from msds.fusion import (FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion,
+                         settle_direction)
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
 from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
@@ -216,8 +218,17 @@ def save_demo_images(folder: Path, reference: torch.Tensor, labels, distorted: t
 def format_correlations(report: dict) -> str:
     if "srcc" not in report:
         return "too few scored pairs for correlations"
+    pairs = report.get("correlated", report["pairs"])
     return (f"SRCC {report['srcc']:.4f}  KRCC {report['krcc']:.4f}  PLCC {report['plcc']:.4f}  "
-            f"RMSE {report['rmse']:.4f}  ({report['pairs']} pairs; PLCC/RMSE after {report['mapping']} mapping)")
+            f"RMSE {report['rmse']:.4f}  ({pairs} pairs; PLCC/RMSE after {report['mapping']} mapping)")
+
+
+def describe_weights(record: dict) -> str:
+    """The trunk of a results record, in words; a random trunk said so plainly."""
+    weights = record["settings"]["weights"]
+    if weights["name"] == "random":
+        return "random (untrained: scores say nothing about image quality)"
+    return f"{weights['name']} ({weights['file']}, SHA-256 {weights['sha256'][:16]}...)"
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -225,18 +236,31 @@ def run_eval(args: argparse.Namespace) -> None:
         plots.require_matplotlib()  # before the long part, not after it
     if (args.csv is None) == (args.dataset is None):
         raise CommandError("eval: expected either --csv CSV (with --root) or --dataset NAME ROOT")
-    model_args = {"levels": args.levels, "weights": weights_arg(args.weights), "fusion": args.fusion}
+    saliency = tuple(Path(p) for p in args.saliency) if args.saliency else None
+    if saliency:
+        for path, role in zip(saliency, ("REF_MASKS", "DIST_MASKS")):
+            if not path.is_dir():
+                raise CommandError(f"--saliency: expected {role} to be a folder of masks laid out like the "
+                                   f"dataset's images, got {path}")
+    model_args = {"metric": args.metric, "levels": args.levels, "weights": weights_arg(args.weights),
+                  "fusion": args.fusion, "saliency": saliency}
     dataset = None
     if args.dataset:
         name, root = args.dataset
         dataset = read_dataset(name, Path(root), Path(args.meta) if args.meta else None,
                                Path(args.ref_root) if args.ref_root else None)
         pairs, root = dataset_pairs(dataset), Path(root)
+        if args.lower_is_better and not dataset.lower_is_better:
+            print(f"msds: warning: --lower-is-better contradicts the {dataset.name} reader, whose score is a "
+                  f"{dataset.score} (higher is better); the reader's direction is recorded", file=sys.stderr)
+        source = f"--dataset {name} {root}"
     else:
         pairs, root = read_pairs(Path(args.csv)), Path(args.root)
+        source = f"--csv {args.csv} --root {root}"
+    opinion = opinion_record(dataset, args.lower_is_better)
     try:
-        report = evaluate(pairs, root, Path(args.out), model_args, args.batch_size,
-                          args.device, args.skip_bad, progress=not args.no_progress)
+        report = evaluate(pairs, root, Path(args.out), model_args, args.batch_size, args.device, args.skip_bad,
+                          progress=not args.no_progress, restart=args.restart, opinion=opinion, source=source)
     finally:
         import torch.distributed as dist
 
@@ -244,28 +268,52 @@ def run_eval(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if report is None:  # not rank 0
         return
+    record = report["provenance"]
     if dataset is not None:
         report["dataset"] = {"name": dataset.name, "score": dataset.score, "lower_is_better": dataset.lower_is_better}
+    report["random_trunk"] = record["settings"]["weights"]["name"] == "random"
     rows = read_results(Path(args.out))
     if args.resamples and len(rows) >= 3:
-        report["analysis"] = analyse(rows, args.resamples, args.seed, args.compare)
+        report["analysis"] = analyse(rows, args.resamples, args.seed, args.compare, correction=args.correction)
     if args.plot:
-        report["plot"] = str(plots.save_eval_plot(Path(args.plot), rows, args.levels, report.get("analysis")))
+        report["plot"] = str(plots.save_eval_plot(Path(args.plot), rows, report_levels(record), report.get("analysis"),
+                                                  metric=METRIC_NAMES[record["settings"]["metric"]],
+                                                  note=plot_note(record)))
     if args.json:
         print(json.dumps(report, indent=2))
         return
     for item in report["skipped"]:
         print(f"skipped: {item['ref']} -> {item['dist']}: {item['reason']}", file=sys.stderr)
-    print(f"scored {report['scored']} of {report['pairs']} pairs ({len(report['skipped'])} skipped); "
-          f"per-pair results in {args.out}")
-    if dataset is not None:
-        print(f"dataset {dataset.name}: its score is a {dataset.score} "
-              f"({'lower' if dataset.lower_is_better else 'higher'} is better)")
+    settings = record["settings"]
+    print(f"metric: {METRIC_NAMES[settings['metric']]}"
+          + (f", {settings['levels']} levels" if settings["metric"] == "msds" else "")
+          + (f", fusion {settings['fusion']['file']}" if settings["fusion"] else "")
+          + ("; saliency-calibrated" if settings["saliency"] else "") + f"; trunk weights: {describe_weights(record)}")
+    print(f"{report['scored']} of {report['pairs']} pairs scored ({len(report['skipped'])} skipped; "
+          f"{report['scored_now']} scored by this run, {report['reused']} reused from {args.out}); "
+          f"per-pair results in {args.out}, their settings in {args.out}.meta.json")
+    if report["left_out"]:
+        print(f"{report['left_out']} scored pairs left out of the correlations (score or MOS not finite)")
+    opinion = record["opinion"]
+    direction = {True: "lower is better", False: "higher is better", None: "direction not given"}
+    print(f"opinion scores: {opinion['score']} ({direction[opinion['lower_is_better']]}; {opinion['source']})")
     print(format_correlations(report))
     if "analysis" in report:
         print(format_analysis(report["analysis"]))
     if args.plot:
         print(f"plot: {report['plot']}")
+
+
+def report_levels(record: dict) -> int:
+    """Level columns of a results file: MSDS's levels, none for DeepSSIM's."""
+    return record["settings"]["levels"] if record["settings"]["metric"] == "msds" else 0
+
+
+def plot_note(record: dict) -> str:
+    weights = record["settings"]["weights"]
+    if weights["name"] == "random":
+        return "RANDOM (untrained) trunk: scores say nothing about image quality"
+    return f"trunk {weights['name']} (SHA-256 {weights['sha256'][:12]})"
 
 
 def format_held_out(name: str, report: dict) -> str:
@@ -277,9 +325,18 @@ def format_held_out(name: str, report: dict) -> str:
             for stat, value in stats.items()))
     for key, label in (("fitted_against_level0", "level 0"), ("fitted_against_uniform", "uniform")):
         d = report[key]
+        p = f"p = {d['p_value']:.4f}" if d["p_value"] is not None else f"no p-value: {d['refused']}"
         lines.append(f"   fitted against {label}: |SRCC| {d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "
-                     f"p = {d['p_value']:.4f}")
+                     + p)
     return "\n".join(lines)
+
+
+def tell_direction(notes: Sequence[str], data) -> None:
+    """Where each file's direction came from, and left-out rows, on stderr (stdout may be JSON)."""
+    for note in notes:
+        print(("msds: " if note.startswith("warning") else "") + note, file=sys.stderr)
+    if data.left_out:
+        print(f"{data.left_out} rows left out (a MOS or level score not finite)", file=sys.stderr)
 
 
 def run_fit_across(args: argparse.Namespace) -> None:
@@ -287,12 +344,16 @@ def run_fit_across(args: argparse.Namespace) -> None:
     if args.train:
         train = {name: read_level_scores(Path(name)) for name in args.train}
         test = {name: read_level_scores(Path(name)) for name in args.test or []}
+        for name, data in {**train, **test}.items():
+            tell_direction(settle_direction(data, name, args.lower_is_better), data)
         report = fit_across_datasets(train, test, args.steps, args.resamples, args.seed)
         objective = "maximise the mean over the training files of each one's Pearson correlation with its MOS"
         parts = [(f"train {name}", r) for name, r in report["train"].items()]
         parts += [(f"test {name}", r) for name, r in report["test"].items()]
     else:
-        report = fit_k_fold(read_level_scores(Path(args.scores)), args.folds, args.seed, args.steps, args.resamples)
+        data = read_level_scores(Path(args.scores))
+        tell_direction(settle_direction(data, args.scores, args.lower_is_better), data)
+        report = fit_k_fold(data, args.folds, args.seed, args.steps, args.resamples)
         objective = "maximise Pearson correlation with the MOS; k-fold over reference contents, then all of it"
         parts = [(f"fold {r['fold']} held out", r) for r in report["folds"]]
     info = {"objective": objective, "train": args.train or [args.scores], "test": args.test or [],
@@ -316,10 +377,12 @@ def run_fit(args: argparse.Namespace) -> None:
     if args.test or not args.scores:
         raise CommandError("fit: expected SCORES (with --test-fraction or --folds), or --train FILES [--test FILES]")
     data = read_level_scores(Path(args.scores))
-    report = fit_fusion(data, args.test_fraction, args.seed, args.steps, args.lower_is_better)
+    tell_direction(settle_direction(data, args.scores, args.lower_is_better), data)
+    report = fit_fusion(data, args.test_fraction, args.seed, args.steps, data.lower_is_better)
+    report["lower_is_better"], report["direction_source"] = data.lower_is_better, data.direction_source
     info = {"objective": "maximise Pearson correlation of the fused score with the MOS on the training references",
             "source": str(args.scores), "test_fraction": args.test_fraction, "seed": args.seed,
-            "lower_is_better": args.lower_is_better, "report": report}
+            "lower_is_better": data.lower_is_better, "direction_source": data.direction_source, "report": report}
     save_fusion(Path(args.out), report["logits"], info)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -407,7 +470,20 @@ def make_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
                             help="compare score columns A and B of the results (repeatable; default: score "
                                  "against level0); a column added to the results CSV counts too")
-    evaluation.add_argument("--out", required=True, help="per-pair results CSV (resumes if a run was interrupted)")
+    evaluation.add_argument("--metric", choices=tuple(METRIC_NAMES), default="msds",
+                            help="msds (default: fused score and each level's), deepssim, or lite (DeepSSIM-Lite)")
+    evaluation.add_argument("--saliency", nargs=2, metavar=("REF_MASKS", "DIST_MASKS"),
+                            help="saliency-calibrated DeepSSIM (--metric deepssim or lite): folders of binary masks, "
+                                 "each at its image's path relative to the dataset root")
+    evaluation.add_argument("--lower-is-better", action="store_true",
+                            help="--csv: the mos column holds DMOS (lower is better); recorded with the results")
+    evaluation.add_argument("--correction", choices=significance.CORRECTIONS, default="holm",
+                            help="multiple-comparison adjustment of the significance table (default holm)")
+    evaluation.add_argument("--out", required=True,
+                            help="per-pair results CSV (resumes an interrupted run of the same settings; "
+                                 "its settings are recorded in OUT.meta.json)")
+    evaluation.add_argument("--restart", action="store_true",
+                            help="remove OUT, its part files and record, and score everything again")
     evaluation.add_argument("--batch-size", type=positive_int, default=16, help="distorted images per batch")
     evaluation.add_argument("--skip-bad", action="store_true",
                             help="skip pairs with missing or unreadable images, reporting each, instead of stopping")
@@ -428,7 +504,9 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--test-fraction", type=fraction, default=0.2, help="share of references held out (default 0.2)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the reference split")
     fit.add_argument("--steps", type=positive_int, default=500, help="optimiser steps")
-    fit.add_argument("--lower-is-better", action="store_true", help="the MOS column holds DMOS (lower is better)")
+    fit.add_argument("--lower-is-better", action="store_true",
+                     help="the MOS column holds DMOS (lower is better), for results without a record of it "
+                          "(a record from msds eval is followed, with a warning if this contradicts it)")
     fit.add_argument("--json", action="store_true", help="print JSON")
     fit.set_defaults(run=run_fit)
 

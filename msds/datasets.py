@@ -32,6 +32,7 @@ class Dataset:
     pairs: List[Tuple[str, str, str]]  # (reference, distorted, score), paths relative to the root
     score: str  # what the score is: "MOS", "DMOS" or "ELO"
     lower_is_better: bool
+    note: str = ""  # how the direction was decided, where the files alone do not say
 
 
 def _need(path: Path, what: str) -> Path:
@@ -180,19 +181,28 @@ PIPAL_DISTORTED = ("Train_Dist", "Train_Distort", "Train_Dis")
 def read_pipal(root: Path) -> Dataset:
     """Train_Label/*.txt ("A0001_00_00.bmp,1555.7" per line), Train_Ref/A0001.bmp,
     Train_Dist/A0001_00_00.bmp (or Train_Distort/, Train_Dis/, also with
-    subfolders such as Distortion_1/); Elo scores, higher is better."""
+    subfolders such as Distortion_1/; or, as NTIRE 2022 ships the training
+    set, Distortion_1/ ... Distortion_4/ directly under the root); Elo
+    scores, higher is better."""
     labels = root / "Train_Label"
     files = sorted(_need(labels, "PIPAL's score files").glob("*.txt"))
     if not files:
         raise DatasetError(f"{labels}: missing (PIPAL's score files, *.txt)")
     refs = _folder_index(root / "Train_Ref", "PIPAL's references")
     folder = next((name for name in PIPAL_DISTORTED if (root / name).is_dir()), None)
-    if folder is None:
-        raise DatasetError(f"{root}: missing PIPAL's distorted images (a folder named "
-                           f"{', '.join(PIPAL_DISTORTED)})")
-    # Some copies keep the distorted images in subfolders (Distortion_1, ...): index them all.
-    dists = {path.name.lower(): str(path.relative_to(root / folder)) for path in (root / folder).rglob("*")
-             if path.is_file()}
+    if folder is not None:
+        # Some copies keep the distorted images in subfolders (Distortion_1, ...): index them all.
+        dists = {path.name.lower(): str(path.relative_to(root / folder)) for path in (root / folder).rglob("*")
+                 if path.is_file()}
+    else:
+        # NTIRE 2022's training release: Distortion_1 ... Distortion_4 directly under the root.
+        parts = sorted(path for path in root.glob("Distortion_*") if path.is_dir())
+        if not parts:
+            raise DatasetError(f"{root}: missing PIPAL's distorted images (a folder named "
+                               f"{', '.join(PIPAL_DISTORTED)}, or Distortion_1, Distortion_2, ... beside Train_Ref)")
+        folder = "."
+        dists = {path.name.lower(): str(path.relative_to(root)) for part in parts for path in part.rglob("*")
+                 if path.is_file()}
     pairs = []
     for path in files:
         for number, line in enumerate(_text(path, "a PIPAL score file").splitlines(), start=1):
@@ -204,7 +214,8 @@ def read_pipal(root: Path) -> Dataset:
                 raise DatasetError(f"{where}: expected 'A0001_00_00.bmp,score', got {line.strip()!r}")
             name, score = fields[0], _number(fields[1], where)
             ref = name.split("_")[0] + Path(name).suffix
-            pairs.append((_find(refs, "Train_Ref", ref, where), _find(dists, folder, name, where), score))
+            dist = _find(dists, folder, name, where)
+            pairs.append((_find(refs, "Train_Ref", ref, where), dist[2:] if dist.startswith("./") else dist, score))
     return Dataset("PIPAL", _nonempty(pairs, labels), "ELO", lower_is_better=False)
 
 
@@ -237,8 +248,22 @@ def read_pyiqa(root: Path, meta: Optional[Path] = None, ref_root: Optional[Path]
                 raise DatasetError(f"{folder / name}: missing (listed in {where})")
         pairs.append((_relative(ref_root / ref, root), dist, _number(score, where)))
     lower = score_name == "dmos" and "kadid" not in meta.name.lower()
+    note = f"the score file's header names its score {rows[0][2].strip()!r}"
+    if score_name == "mos" and is_live(meta, root):
+        lower = True
+        note = "pyiqa's LIVE file heads LIVE's DMOS 'mos': read as a DMOS"
     return Dataset(f"pyiqa:{meta.name}", _nonempty(pairs, meta), "DMOS" if lower else score_name.upper() or "MOS",
-                   lower_is_better=lower)
+                   lower_is_better=lower, note=note)
+
+
+def is_live(meta: Path, root: Path) -> bool:
+    """Whether a pyiqa meta file is LIVE's (release 2, whose scores are DMOS):
+    its name, or a folder of ROOT, names LIVE (meta_info_LIVEIQADataset.csv,
+    datasets/LIVEIQA/...), but not LIVE's other sets (LIVE Challenge, LIVE
+    in the Wild, LIVE-MD), which are not this DMOS."""
+    names = [meta.name.lower().removeprefix("meta_info_")] + [part.lower() for part in root.resolve().parts[-3:]]
+    others = ("challenge", "itw", "wild", "livec", "livemd", "live_md", "live-md", "livemultiply", "livevqc")
+    return any(name.startswith("live") and not any(other in name for other in others) for name in names)
 
 
 READERS: Dict[str, Callable[..., Dataset]] = {

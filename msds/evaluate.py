@@ -8,6 +8,11 @@ output does not depend on it. Finished batches are appended to a part file
 per process (OUT.part<rank>) as they complete; a restarted run reads every
 part file and skips what is done. When all pairs are done, rank 0 writes OUT
 in the CSV's order and removes the part files.
+
+The settings of the run (metric, levels, weights and their SHA-256, fusion
+file, saliency masks, image handling, msds version) and the direction of the
+opinion scores are written first to OUT.meta.json (msds.provenance); a
+resumed run with other settings is refused unless told to restart.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import numpy as np
+
+from msds import provenance
 from msds.correlation import correlations
 from msds.datasets import Dataset, DatasetError
-from msds.images import ImageError, load_image_for
-from msds.metric import MSDS
+from msds.images import ImageError, load_image_for, load_mask
+from msds.metric import MSDS, DeepSSIM
+
+METRICS = ("msds", "deepssim", "lite")
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,54 @@ def work_units(pairs: Sequence[Pair]) -> List[List[Pair]]:
 
 
 def columns(levels: int) -> List[str]:
+    """The header of an MSDS results file of `levels` levels (0 for DeepSSIM's: score only)."""
     return ["ref", "dist", "mos", "score"] + [f"level{level}" for level in range(levels)]
+
+
+class Scorer:
+    """The metric `msds eval` runs: MSDS (fused score and each level's) or
+    DeepSSIM / DeepSSIM-Lite (one score), optionally saliency-calibrated.
+
+    saliency: (REF_MASKS, DIST_MASKS), folders holding a mask for each image
+    at the image's own path relative to the dataset root.
+    """
+
+    def __init__(self, metric: str, levels: int, weights, fusion: Optional[str],
+                 saliency: Optional[Tuple[Path, Path]], device: torch.device) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"--metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+        if saliency is not None and metric == "msds":
+            raise ValueError("--saliency: applies to --metric deepssim or lite (the saliency-calibrated DeepSSIM), "
+                             "got --metric msds")
+        if fusion is not None and metric != "msds":
+            raise ValueError(f"--fusion: applies to --metric msds, got --metric {metric}")
+        self.metric, self.device = metric, device
+        self.saliency = None if saliency is None else (Path(saliency[0]), Path(saliency[1]))
+        if metric == "msds":
+            self.model = MSDS(levels=levels, weights=weights, fusion=fusion).to(device)
+        else:
+            self.model = DeepSSIM(weights=weights, lite=metric == "lite").to(device)
+        self.levels = self.model.levels  # pyramid levels images must allow
+        self.level_columns = self.levels if metric == "msds" else 0
+
+    def mask(self, which: int, relative: str, image: torch.Tensor, root: Path) -> Optional[torch.Tensor]:
+        if self.saliency is None:
+            return None
+        return load_mask(self.saliency[which] / relative, image, root / relative).to(self.device)
+
+    def reference(self, root: Path, relative: str):
+        image = load_image_for(root / relative, self.levels)
+        if self.metric == "msds":
+            return self.model.precompute(image.to(self.device))
+        return self.model.precompute(image.to(self.device), self.mask(0, relative, image, root))
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor, masks: Optional[torch.Tensor], reference) -> List[List[float]]:
+        """[fused, level0, ...] (MSDS) or [score] (DeepSSIM) per image, in float64."""
+        if self.metric == "msds":
+            levels = self.model.level_scores(images.to(self.device), reference)
+            return torch.cat([self.model.fuse(levels)[:, None], levels], dim=1).double().tolist()
+        return self.model.score(images.to(self.device), reference, masks)[:, None].double().tolist()
 
 
 def part_files(out: Path) -> List[Path]:
@@ -117,8 +174,8 @@ def read_final(out: Path, pairs: Sequence[Pair], levels: int) -> Dict[int, List[
             done[pair.index] = rows[position]
             position += 1
     if not rows or rows[0][:len(columns(levels))] != columns(levels) or position != len(rows):
-        raise DatasetError(f"{out}: exists and does not hold this dataset's {levels}-level results; "
-                           "remove it or choose another --out")
+        raise DatasetError(f"{out}: exists and does not hold this dataset's results with these columns; "
+                           "rerun with --restart, or choose another --out")
     return done
 
 
@@ -127,11 +184,11 @@ def progress_bar(total: int, enabled: bool, unit: str = "pair") -> tqdm:
     return tqdm(total=total, unit=unit, disable=None if enabled else True, file=sys.stderr)
 
 
-def format_row(pair: Pair, fused: float, levels: Sequence[float]) -> List[str]:
-    return [pair.ref, pair.dist, pair.mos, repr(fused), *(repr(v) for v in levels)]
+def format_row(pair: Pair, values: Sequence[float]) -> List[str]:
+    return [pair.ref, pair.dist, pair.mos, *(repr(v) for v in values)]
 
 
-def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], root: Path, batch_size: int,
+def score_unit(model: Scorer, unit: Sequence[Pair], done: Dict[int, List[str]], root: Path, batch_size: int,
                device: torch.device, skip_bad: bool, outcome: Outcome) -> Iterator[List[Pair]]:
     """Score one reference's pairs batch by batch, yielding each finished batch.
 
@@ -142,9 +199,8 @@ def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], ro
     not share the reference's). A bad image raises ImageError naming it, or
     with skip_bad is recorded in outcome.skipped with the reason.
     """
-    ref_path = root / unit[0].ref
     try:
-        reference = model.precompute(load_image_for(ref_path, model.levels).to(device))
+        reference = model.reference(root, unit[0].ref)
     except ImageError as err:
         if not skip_bad:
             raise
@@ -153,23 +209,23 @@ def score_unit(model: MSDS, unit: Sequence[Pair], done: Dict[int, List[str]], ro
     for start in range(0, len(unit), batch_size):
         if all(pair.index in done for pair in unit[start : start + batch_size]):
             continue
-        by_size: Dict[Tuple[int, ...], List[Tuple[Pair, torch.Tensor]]] = {}
+        by_size: Dict[Tuple[int, ...], List[Tuple[Pair, torch.Tensor, Optional[torch.Tensor]]]] = {}
         for pair in unit[start : start + batch_size]:
             try:
                 image = load_image_for(root / pair.dist, model.levels)
+                mask = model.mask(1, pair.dist, image, root)
             except ImageError as err:
                 if not skip_bad:
                     raise
                 outcome.skipped.append((pair, str(err)))
                 continue
-            by_size.setdefault(tuple(image.shape), []).append((pair, image))
+            by_size.setdefault(tuple(image.shape), []).append((pair, image, mask))
         batch = []
         for group in by_size.values():
-            with torch.no_grad():
-                scores = model.level_scores(torch.cat([image for _, image in group]).to(device), reference)
-                fused = model.fuse(scores)
-            for (pair, _), total, levels in zip(group, fused.double().tolist(), scores.double().tolist()):
-                outcome.rows[pair.index] = format_row(pair, total, levels)
+            masks = None if group[0][2] is None else torch.cat([mask for _, _, mask in group])
+            values = model.scores(torch.cat([image for _, image, _ in group]), masks, reference)
+            for (pair, _, _), row in zip(group, values):
+                outcome.rows[pair.index] = format_row(pair, row)
                 batch.append(pair)
         if batch:
             yield batch
@@ -195,12 +251,49 @@ def dataset_pairs(dataset: Dataset) -> List[Pair]:
     return [Pair(index, ref, dist_, score) for index, (ref, dist_, score) in enumerate(dataset.pairs)]
 
 
+def opinion_record(dataset: Optional[Dataset], lower_is_better: Optional[bool]) -> dict:
+    """The direction of the opinion scores and who said so: the dataset reader,
+    the user (--lower-is-better for a CSV), or nobody (left to `msds fit`)."""
+    if dataset is not None:
+        return {"score": dataset.score, "lower_is_better": dataset.lower_is_better,
+                "source": f"the {dataset.name} reader" + (f" ({dataset.note})" if dataset.note else "")}
+    if lower_is_better:
+        return {"score": "DMOS", "lower_is_better": True, "source": "--lower-is-better"}
+    return {"score": "MOS", "lower_is_better": None, "source": "not given (a CSV without --lower-is-better)"}
+
+
 def evaluate(pairs: Sequence[Pair], root: Path, out: Path, model_args: dict, batch_size: int,
-             device_arg: Optional[str], skip_bad: bool, progress: bool = True) -> Optional[dict]:
-    """Run the evaluation of `pairs` (read_pairs, dataset_pairs); rank 0 returns the report, other ranks None."""
+             device_arg: Optional[str], skip_bad: bool, progress: bool = True, restart: bool = False,
+             opinion: Optional[dict] = None, source: str = "") -> Optional[dict]:
+    """Run the evaluation of `pairs` (read_pairs, dataset_pairs); rank 0 returns the report, other ranks None.
+
+    model_args: metric (msds, deepssim, lite; default msds), levels, weights,
+    fusion, saliency. restart: remove OUT, its part files and its record
+    first, instead of resuming them.
+    """
     rank, world, device = setup_distributed(device_arg)
-    model = MSDS(**model_args).to(device)
-    levels = model.levels
+    args = {"metric": "msds", "levels": 3, "weights": "imagenet", "fusion": None, "saliency": None, **model_args}
+    try:
+        model = Scorer(args["metric"], args["levels"], args["weights"], args["fusion"], args["saliency"], device)
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
+    current = provenance.settings(args["metric"], model.level_columns or 1,
+                                  provenance.weights_record(args["weights"], model.model.pretrained),
+                                  args["fusion"], args["saliency"])
+    if restart and rank == 0:
+        for path in [out, provenance.meta_path(out), *part_files(out)]:
+            path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    provenance.check_resume(out, current, out.exists() or bool(part_files(out)))
+    record = {"settings": current, "opinion": opinion or opinion_record(None, None), "source": source,
+              "pairs": len(pairs),
+              "columns": {"score": f"{METRIC_LABELS[args['metric']]}, higher is more similar",
+                          **{f"level{k}": f"MSDS level {k} (DeepSSIM at 1/{2 ** k} scale), higher is more similar"
+                             for k in range(model.level_columns)}}}
+    if rank == 0 and not provenance.meta_path(out).exists():
+        provenance.write(out, record)
+    levels = model.level_columns
     done = read_done(out, pairs, levels)
     mine = [unit for i, unit in enumerate(work_units(pairs)) if i % world == rank]
     pending = [unit for unit in mine if any(p.index not in done for p in unit)]
@@ -226,7 +319,12 @@ def evaluate(pairs: Sequence[Pair], root: Path, out: Path, model_args: dict, bat
         outcomes = gathered if rank == 0 else []
     if rank != 0:
         return None
-    return finish(out, pairs, levels, done, outcomes)
+    report = finish(out, pairs, levels, done, outcomes)
+    report["provenance"] = provenance.read(out) or {"format": provenance.FORMAT, **record}
+    return report
+
+
+METRIC_LABELS = {"msds": "MSDS (fused over levels)", "deepssim": "DeepSSIM", "lite": "DeepSSIM-Lite"}
 
 
 def finish(out: Path, pairs: Sequence[Pair], levels: int, done: Dict[int, List[str]],
@@ -257,7 +355,12 @@ def finish(out: Path, pairs: Sequence[Pair], levels: int, done: Dict[int, List[s
         for part in part_files(out):
             part.unlink()
     scored = [rows[p.index] for p in pairs if p.index in rows]
-    agreement = correlations([float(r[3]) for r in scored], [float(r[2]) for r in scored]) if len(scored) >= 3 else {}
-    # "pairs" counts the dataset's pairs, not only the scored ones correlations() saw.
-    return {**agreement, "pairs": len(pairs), "scored": len(scored),
+    scores = np.array([float(r[3]) for r in scored])
+    mos = np.array([float(r[2]) for r in scored])
+    finite = np.isfinite(scores) & np.isfinite(mos)
+    agreement = correlations(scores[finite], mos[finite]) if finite.sum() >= 3 else {}
+    fresh = len({index for o in outcomes for index in o.rows} - set(done))
+    # "pairs" counts the dataset's pairs; "correlated" the pairs the correlations used.
+    return {**agreement, "pairs": len(pairs), "scored": len(scored), "scored_now": fresh,
+            "reused": len(scored) - fresh, "correlated": int(finite.sum()), "left_out": int(np.sum(~finite)),
             "skipped": [{"ref": p.ref, "dist": p.dist, "reason": why} for p, why in skipped]}

@@ -14,12 +14,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from msds import significance
+from msds import provenance, significance
 from msds.correlation import correlations
 
 FORMAT = "msds-fusion/1"
@@ -56,6 +56,9 @@ class LevelScores:
     refs: List[str]
     mos: np.ndarray  # (N,)
     levels: np.ndarray  # (N, L)
+    lower_is_better: Optional[bool] = None  # the opinion scores' direction, None where unknown
+    direction_source: str = "not recorded"
+    left_out: int = 0  # rows left out for a non-finite MOS or level score
 
 
 def read_level_scores(path: Path) -> LevelScores:
@@ -79,9 +82,43 @@ def read_level_scores(path: Path) -> LevelScores:
                 refs.append(row["ref"])
     except FileNotFoundError:
         raise FusionError(f"{path}: no such file") from None
+    mos_values, level_values = np.array(mos), np.array(levels)
+    finite = np.isfinite(mos_values) & np.isfinite(level_values).all(axis=1)
+    refs = [ref for ref, keep in zip(refs, finite) if keep]
     if len(refs) < 6:
-        raise FusionError(f"{path}: expected at least 6 scored pairs to fit fusion weights, got {len(refs)}")
-    return LevelScores(refs, np.array(mos), np.array(levels))
+        raise FusionError(f"{path}: expected at least 6 scored pairs with finite values to fit fusion weights, "
+                          f"got {len(refs)}")
+    record = provenance.read(path) or {}
+    opinion = record.get("opinion", {})
+    lower = opinion.get("lower_is_better")
+    return LevelScores(refs, mos_values[finite], level_values[finite],
+                       lower if isinstance(lower, bool) else None,
+                       opinion.get("source", "not recorded") if isinstance(lower, bool) else "not recorded",
+                       int(np.sum(~finite)))
+
+
+def settle_direction(data: LevelScores, name: str, flag: bool) -> List[str]:
+    """Fix data.lower_is_better: the results' record if it says, else the flag
+    --lower-is-better if given, else the data (see direction); returns what
+    to tell the user (where the direction came from, and any contradiction)."""
+    inferred = direction(data) < 0
+    words = {True: "lower is better (DMOS)", False: "higher is better (MOS)"}
+    if data.lower_is_better is not None:
+        notes = [f"{name}: opinion scores {words[data.lower_is_better]}, as recorded by {data.direction_source}"]
+        if flag and not data.lower_is_better:
+            notes.append(f"warning: --lower-is-better contradicts {name}'s record ({words[False]}); "
+                         "the record is followed")
+        return notes
+    if flag:
+        data.lower_is_better, data.direction_source = True, "--lower-is-better"
+        notes = [f"{name}: opinion scores {words[True]}, as --lower-is-better says"]
+        if not inferred:
+            notes.append(f"warning: --lower-is-better contradicts {name}'s data, whose mean level score rises "
+                         "with the opinion scores (a MOS)")
+        return notes
+    data.lower_is_better, data.direction_source = inferred, "inferred from the data"
+    return [f"{name}: no record of the opinion scores' direction; inferred from the data: {words[inferred]} "
+            "(the sign of the mean level score's SRCC with them)"]
 
 
 def split_by_reference(refs: Sequence[str], test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -143,8 +180,11 @@ def fit_fusion(data: LevelScores, test_fraction: float, seed: int, steps: int,
 
 
 def direction(data: LevelScores) -> float:
-    """+1 where the scores rise with the file's opinion scores (a MOS), -1 where
-    they fall (a DMOS): the sign of the mean level score's SRCC with them."""
+    """+1 for a MOS (higher is better), -1 for a DMOS: as data.lower_is_better
+    says, or where it is None, the sign of the mean level score's SRCC with
+    the opinion scores (similarity scores rise with a MOS)."""
+    if data.lower_is_better is not None:
+        return -1.0 if data.lower_is_better else 1.0
     return 1.0 if correlations(data.levels.mean(axis=1), data.mos)["srcc"] >= 0 else -1.0
 
 
@@ -178,7 +218,8 @@ def held_out_report(data: LevelScores, logits: np.ndarray, resamples: int, seed:
 
 
 def _subset(data: LevelScores, mask: np.ndarray) -> LevelScores:
-    return LevelScores(list(np.array(data.refs)[mask]), data.mos[mask], data.levels[mask])
+    return LevelScores(list(np.array(data.refs)[mask]), data.mos[mask], data.levels[mask], data.lower_is_better,
+                       data.direction_source)
 
 
 def _weights(logits: np.ndarray) -> List[float]:
@@ -195,6 +236,7 @@ def fit_across_datasets(train: Dict[str, LevelScores], test: Dict[str, LevelScor
     logits = fit_logits_across(list(train.values()), steps)
     return {"logits": logits.tolist(), "weights": _weights(logits),
             "directions": {name: direction(d) for name, d in {**train, **test}.items()},
+            "direction_sources": {name: d.direction_source for name, d in {**train, **test}.items()},
             "train": {name: held_out_report(d, logits, resamples, seed) for name, d in train.items()},
             "test": {name: held_out_report(d, logits, resamples, seed) for name, d in test.items()}}
 
@@ -202,9 +244,14 @@ def fit_across_datasets(train: Dict[str, LevelScores], test: Dict[str, LevelScor
 def content_folds(refs: Sequence[str], folds: int, seed: int) -> List[np.ndarray]:
     """Boolean masks of `folds` held-out parts; each reference content falls in exactly one."""
     unique = sorted(set(refs))
-    if not 2 <= folds <= len(unique):
-        raise FusionError(f"--folds: expected 2 to {len(unique)} folds (one reference content at least in each), "
-                          f"got {folds}")
+    most = len(unique) // significance.MIN_CONTENTS
+    if most < 2:
+        raise FusionError(f"--folds: SCORES has {len(unique)} reference contents; k-fold needs at least "
+                          f"{2 * significance.MIN_CONTENTS} ({significance.MIN_CONTENTS} in each held-out fold for "
+                          "its p-values)")
+    if not 2 <= folds <= most:
+        raise FusionError(f"--folds: expected 2 to {most} folds ({significance.MIN_CONTENTS} reference contents at "
+                          f"least in each, for its p-values; SCORES has {len(unique)}), got {folds}")
     random.Random(seed).shuffle(unique)
     fold_of = {ref: i % folds for i, ref in enumerate(unique)}
     return [np.array([fold_of[r] == k for r in refs]) for k in range(folds)]

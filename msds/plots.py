@@ -39,6 +39,8 @@ def new_figure(width: float, height: float) -> Any:
 
 def _scatter_panel(axes: Any, scores: np.ndarray, mos: np.ndarray, name: str) -> None:
     """MOS against score, one point per pair, the fitted mapping, SRCC and PLCC in the title."""
+    finite = np.isfinite(scores) & np.isfinite(mos)
+    scores, mos = scores[finite], mos[finite]
     axes.scatter(scores, mos, s=10, alpha=0.6, edgecolors="none")
     if len(scores) >= 3:
         agreement = correlations(scores, mos)
@@ -66,7 +68,7 @@ def _claim_panel(axes: Any, analysis: dict) -> None:
         value, low, high = (abs(srcc["value"]), *sorted((abs(srcc["low"]), abs(srcc["high"]))))
         if np.sign(srcc["low"]) != np.sign(srcc["high"]):  # the interval crosses zero
             low = 0.0
-        mark = 0 if against is None else table["srcc"][table["columns"].index(name)][against]
+        mark = 0 if against is None or table["srcc"] is None else table["srcc"][table["columns"].index(name)][against]
         color = {1: "tab:green", -1: "tab:red", 0: "tab:blue"}[mark]
         axes.errorbar([x], [value], yerr=[[value - low], [high - value]], fmt="o", color=color, capsize=4)
         if mark:
@@ -85,6 +87,11 @@ def _significance_panel(axes: Any, analysis: dict) -> None:
     """The +1 / 0 / -1 matrix of the paired bootstrap on |SRCC| over every pair of columns."""
     table = analysis["significance"]
     names = table["columns"]
+    if table["srcc"] is None:
+        axes.text(0.5, 0.5, "no significance table:\n" + table["refused"].replace(" (", "\n("), ha="center",
+                  va="center", fontsize=8, wrap=True)
+        axes.set_axis_off()
+        return
     matrix = np.array(table["srcc"], dtype=float)
     axes.imshow(matrix, cmap="RdYlGn", vmin=-1.5, vmax=1.5)
     for i in range(len(names)):
@@ -95,19 +102,24 @@ def _significance_panel(axes: Any, analysis: dict) -> None:
     axes.set_xticklabels(names, rotation=30, fontsize=8)
     axes.set_yticks(range(len(names)))
     axes.set_yticklabels(names, fontsize=8)
-    axes.set_title(f"row against column: +1 better, -1 worse\n(|SRCC|, alpha {table['alpha']})", fontsize=9)
+    adjusted = ", Holm-adjusted" if table["correction"] == "holm" else ""
+    axes.set_title(f"row against column: +1 better, -1 worse\n(|SRCC|, alpha {table['alpha']}{adjusted})", fontsize=9)
 
 
-def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Optional[dict] = None) -> Path:
-    """MOS against the fused score (left, larger) and against each level's score,
+def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Optional[dict] = None,
+                   metric: str = "MSDS", note: str = "") -> Path:
+    """MOS against the score (left, larger) and against each level's score,
     and with `analysis` (msds.analysis.analyse) a panel of every column's
     SRCC with its interval, marking the differences from level 0 that are
     significant, and the significance table over every pair of columns.
 
-    rows: the per-pair rows of `msds eval --out` (keys mos, score, level0, ...).
+    rows: the per-pair rows of `msds eval --out` (keys mos, score, level0, ...;
+    levels 0 for DeepSSIM's, which have no level columns). metric names the
+    score; note (the trunk, random or which weights) goes in the title.
+    Pairs with a non-finite score or MOS are left out of their panel.
     """
     mos = np.array([float(row["mos"]) for row in rows])
-    panels = [("MSDS", np.array([float(row["score"]) for row in rows]))]
+    panels = [(metric, np.array([float(row["score"]) for row in rows]))]
     panels += [(f"level {level}", np.array([float(row[f"level{level}"]) for row in rows])) for level in range(levels)]
     columns = len(panels) if levels > 1 else 1
     extra = 2 if analysis is not None else 0
@@ -118,7 +130,8 @@ def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Opti
     if analysis is not None:
         _claim_panel(figure.add_subplot(grid[0, columns]), analysis)
         _significance_panel(figure.add_subplot(grid[0, columns + 1]), analysis)
-    figure.suptitle(f"{len(rows)} pairs", fontsize=9)
+    figure.suptitle(f"{len(rows)} pairs" + (f"; {note}" if note else ""), fontsize=9,
+                    color="tab:red" if note.startswith("RANDOM") else "black")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path

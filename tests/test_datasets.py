@@ -249,3 +249,38 @@ def test_pipal_distorted_images_in_another_folder_name_and_subfolders(tmp_path):
     (root / "Train_Distort").rename(root / "elsewhere")
     with pytest.raises(DatasetError, match="missing PIPAL's distorted images .*Train_Dist, Train_Distort, Train_Dis"):
         read_dataset("pipal", root)
+
+
+def test_pipal_ntire_2022_training_layout(tmp_path):
+    # NTIRE 2022's release: Distortion_1 ... Distortion_4 beside Train_Ref and
+    # Train_Label, no Train_Dist. Every listed image is found where it lies.
+    root = pipal(tmp_path)
+    for index, path in enumerate(sorted((root / "Train_Dist").iterdir())):
+        target = root / f"Distortion_{index % 4 + 1}"
+        target.mkdir(exist_ok=True)
+        path.rename(target / path.name)
+    (root / "Train_Dist").rmdir()
+    dataset = read_dataset("pipal", root)
+    assert [d for _, d, _ in dataset.pairs] == ["Distortion_1/A0001_00_00.bmp", "Distortion_2/A0001_01_00.bmp",
+                                              "Distortion_3/A0002_00_00.bmp", "Distortion_4/A0002_01_00.bmp"]
+    assert [s for _, _, s in dataset.pairs] == ["1501", "1511", "1502", "1512"]
+    assert dataset.lower_is_better is False
+
+
+@pytest.mark.parametrize("meta_name,folder,lower", [
+    ("meta_info_LIVEIQADataset.csv", "data", True),   # pyiqa's LIVE file: DMOS under "mos"
+    ("meta_info.csv", "LIVE", True),                   # a LIVE folder
+    ("meta_info_TID2013Dataset.csv", "data", False),  # a real MOS
+    ("meta_info_LIVEChallengeDataset.csv", "data", False),
+])
+def test_pyiqa_live_file_holds_dmos_under_a_mos_header(meta_name, folder, lower, tmp_path):
+    root = tmp_path / folder
+    rows = ["ref_name,dist_name,mos"]
+    for r in (1, 2):
+        image(root / f"r{r}.png", r)
+        for d in (1, 2):
+            image(root / f"r{r}_{d}.png", 10 * r + d)
+            rows.append(f"r{r}.png,r{r}_{d}.png,{20 * d}")
+    (root / meta_name).write_text("\n".join(rows) + "\n")
+    dataset = read_dataset("pyiqa", root, meta=root / meta_name)
+    assert dataset.lower_is_better is lower and dataset.score == ("DMOS" if lower else "MOS")

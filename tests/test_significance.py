@@ -108,7 +108,7 @@ def test_a_real_difference_is_found():
     diff = significance.paired_difference(report, "a", "b")
     assert diff["difference"] > 0 and diff["low"] > 0 and diff["p_value"] < 0.01
     residuals = {name: significance.residuals(values, mos) for name, values in columns.items()}
-    table = significance.significance_table(report, residuals)
+    table = significance.significance_table(report, residuals, groups)
     assert table["srcc"] == [[0, 1], [-1, 0]] and table["f_test"] == [[0, 1], [-1, 0]]
 
 
@@ -139,3 +139,108 @@ def test_bad_arguments_are_refused():
         significance.bootstrap({"s": [1, 2, 3]}, [1, 2, 3], [0, 1, 2], level=95)
     with pytest.raises(ValueError, match="resamples: expected at least 1, got 0"):
         significance.bootstrap({"s": [1, 2, 3]}, [1, 2, 3], [0, 1, 2], resamples=0)
+
+
+def test_one_content_gives_no_p_value_and_no_table():
+    # One reference content: every resample is the full sample again, so
+    # nothing can be said about other contents. No interval end, no p-value,
+    # no +-1, whatever the difference.
+    rng = np.random.default_rng(10)
+    mos = rng.standard_normal(30)
+    columns = {"a": mos + 0.1 * rng.standard_normal(30), "b": mos + 1.0 * rng.standard_normal(30)}
+    groups = np.zeros(30, dtype=int)
+    report = significance.bootstrap(columns, mos, groups, resamples=50, seed=0, statistics=("srcc",))
+    assert report["columns"]["a"]["srcc"]["degenerate"] == 50
+    diff = significance.paired_difference(report, "a", "b")
+    assert diff["p_value"] is None and diff["refused"]
+    residuals = {name: significance.residuals(values, mos) for name, values in columns.items()}
+    table = significance.significance_table(report, residuals, groups)
+    assert table["srcc"] is None and table["variance"] is None and table["f_test"] is None
+    assert "at least 6 reference contents" in table["refused"]
+
+
+def test_resamples_of_a_single_content_are_counted_degenerate():
+    # 3 contents: a resample drawing one content only (three times) is
+    # degenerate. A direct loop over the documented draws counts them.
+    refs = [f"r{i % 3}" for i in range(12)]
+    rng = np.random.default_rng(11)
+    scores, mos = noisy_pairs(rng, 12)
+    report = significance.bootstrap({"s": scores}, mos, significance.content_groups(refs), resamples=400, seed=4,
+                                    statistics=("srcc",))
+    draw = np.random.default_rng(4)
+    single = sum(len(set(draw.integers(0, 3, 3).tolist())) == 1 for _ in range(400))
+    assert single > 0 and report["columns"]["s"]["srcc"]["degenerate"] == single
+
+
+def clustered_residuals(rng, contents, per_content, shared=0.0):
+    """Residuals of two equally good columns: a content effect plus pair noise
+    for each (variance 1 + 1), the two columns' errors correlated by `shared`."""
+    common = rng.standard_normal((2, contents * per_content))
+    content = np.repeat(rng.standard_normal((2, contents)), per_content, axis=1)
+    a = content[0] + common[0]
+    b = content[1] + common[1]
+    if shared:
+        b = shared * a + math.sqrt(1 - shared**2) * b
+    return a, b, np.repeat(np.arange(contents), per_content)
+
+
+def test_variance_test_enumerates_every_sign_pattern():
+    # 8 contents: the p-value is the share of the 256 sign patterns whose
+    # flipped sum of per-content differences of squares is at least as far
+    # from zero as the observed one (a direct loop over itertools.product).
+    import itertools
+
+    rng = np.random.default_rng(12)
+    a, b, groups = clustered_residuals(rng, 8, 4)
+    b = 1.4 * b
+    d = [np.sum(a[groups == g] ** 2) - np.sum(b[groups == g] ** 2) for g in range(8)]
+    count = sum(abs(np.dot(signs, d)) >= abs(sum(d)) - 1e-9 for signs in itertools.product((1, -1), repeat=8))
+    result = significance.variance_test(a, b, groups)
+    assert result["p_value"] == pytest.approx(count / 256, rel=1e-12)
+    assert result["ratio"] == pytest.approx(np.var(a, ddof=1) / np.var(b, ddof=1), rel=1e-12)
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.8])
+def test_equally_good_columns_with_clustered_residuals_are_rejected_about_5_percent(shared):
+    # 800 simulated datasets of 20 contents x 5 pairs, residuals clustered by
+    # content (independent, or strongly correlated errors): the classic
+    # F-test rejects far more (or less) than 5%; the test over contents
+    # rejects 5% within three standard errors (0.023).
+    rng = np.random.default_rng(13)
+    sims = 800
+    ours = theirs = 0
+    for sim in range(sims):
+        a, b, groups = clustered_residuals(rng, 20, 5, shared)
+        ours += significance.variance_test(a, b, groups, resamples=400, seed=sim)["p_value"] < 0.05
+        theirs += significance.f_test(a, b)["p_value"] < 0.05
+    assert abs(ours / sims - 0.05) <= 3 * math.sqrt(0.05 * 0.95 / sims), ours / sims
+    assert abs(theirs / sims - 0.05) > 3 * math.sqrt(0.05 * 0.95 / sims), theirs / sims  # why the F-test is not used
+
+
+def test_holm_against_the_step_down_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 of m = 4: times 4, 3, 2, 1 is 0.02, 0.03,
+    # 0.06, 0.04, then the running maximum: 0.02, 0.03, 0.06, 0.06.
+    assert significance.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert significance.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_five_equally_good_columns_give_a_spurious_entry_in_at_most_5_percent_of_tables():
+    # 5 columns (10 pairs), each the opinion score plus noise of the same
+    # size, one pair per content: with Holm's adjustment the chance of any
+    # +-1 in a table is at most alpha (within three standard errors, 0.03);
+    # unadjusted it is far higher.
+    rng = np.random.default_rng(14)
+    sims, names = 150, "abcde"
+    anywhere = {"holm": {"srcc": 0, "variance": 0}, "none": {"srcc": 0, "variance": 0}}
+    for sim in range(sims):
+        mos = rng.standard_normal(60)
+        noise = {name: rng.standard_normal(60) for name in names}
+        columns = {name: mos + noise[name] for name in names}
+        report = significance.bootstrap(columns, mos, np.arange(60), resamples=150, seed=sim, statistics=("srcc",))
+        for correction in anywhere:
+            table = significance.significance_table(report, noise, np.arange(60), correction=correction, seed=sim)
+            for key in anywhere[correction]:
+                anywhere[correction][key] += any(v != 0 for row in table[key] for v in row)
+    bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / sims)
+    assert all(count / sims <= bound for count in anywhere["holm"].values()), anywhere
+    assert all(count / sims > bound for count in anywhere["none"].values()), anywhere
