@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -20,23 +22,55 @@ from msds.fusion import (FusionError, fit_across_datasets, fit_fusion, fit_k_fol
                          settle_direction)
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
 from msds.metric import MSDS, DeepSSIM
-from msds.weights import WeightsArg, WeightsError, save_trimmed_weights
+from msds.weights import WeightsArg, WeightsError, save_trimmed_weights, weights_label, weights_record
 
 
 class CommandError(Exception):
     """A problem reported to the user as one line, without a traceback."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def weights_arg(text: str) -> WeightsArg:
     return None if text == "random" else text
 
 
-def weights_label(model: Union[MSDS, DeepSSIM], text: str) -> str:
-    return text if model.pretrained else "random (untrained: scores are not meaningful)"
+def trunk_label(model: Union[MSDS, DeepSSIM], text: str) -> str:
+    """Which weights the trunk holds, in words (the file read and its SHA-256)."""
+    return weights_label(weights_record(weights_arg(text), model.pretrained))
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_arg(text: str) -> str:
+    """--device: a device this torch can use now, or one line saying why not."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise argparse.ArgumentTypeError(f"{text}: this torch ({torch.__version__}) is a build without CUDA; "
+                                             "use --device cpu, or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: expected a CUDA device index below {count}, "
+                                             f"the number of visible devices")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available with this torch on this machine")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda[:N] or mps, got {text!r}")
+    return text
 
 
 def build_model(levels: int, weights: WeightsArg, device: str, fusion: Optional[str] = None) -> MSDS:
@@ -123,6 +157,7 @@ def run_score(args: argparse.Namespace) -> None:
     if args.saliency and metric != "deepssim":
         raise CommandError(f"--saliency: applies to --metric deepssim (the saliency-calibrated DeepSSIM), "
                            f"got --metric {metric}")
+    output_format = "json" if args.json else args.format
     pairs = pair_paths(Path(args.ref), Path(args.dist))
     if metric == "msds":
         model = build_model(args.levels, weights_arg(args.weights), args.device, args.fusion)
@@ -141,25 +176,51 @@ def run_score(args: argparse.Namespace) -> None:
 
         header, levels = [METRIC_NAMES[metric]], None
     masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)
-    results = []
+    label = trunk_label(model, args.weights)
+    results, skipped = [], []
     with progress_bar(len(pairs), enabled=len(pairs) > 1 and not args.no_progress) as bar:
         for (ref, dist), pair_masks in zip(pairs, masks):
-            results.append((ref, dist, score(ref, dist, pair_masks)))
+            try:
+                results.append((ref, dist, score(ref, dist, pair_masks)))
+            except ImageError as err:
+                if not args.skip_bad:
+                    raise
+                skipped.append((ref, dist, str(err)))
             bar.update(1)
-    if args.json:
-        report = {"metric": metric, "weights": weights_label(model, args.weights), "levels": levels,
-                  "saliency": bool(args.saliency), "pairs": []}
+    # Only results go to stdout (or --out); what describes the run goes to stderr.
+    print(f"trunk weights: {label}" + ("; saliency-calibrated" if args.saliency else ""), file=sys.stderr)
+    for ref, dist, reason in skipped:
+        print(f"skipped: {ref} -> {dist}: {reason}", file=sys.stderr)
+    if args.skip_bad:
+        print(f"scored {len(results)} of {len(pairs)} pairs ({len(skipped)} skipped)", file=sys.stderr)
+    if not results:
+        raise CommandError(f"no pair could be scored ({len(skipped)} skipped)")
+    text = format_scores(results, output_format, metric, header, levels, label, bool(args.saliency))
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"results in {args.out}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def format_scores(results, output_format: str, metric: str, header: Sequence[str], levels: Optional[int],
+                  label: str, saliency: bool) -> str:
+    """The scored pairs as a table, CSV or JSON; the last value of each score row is the metric's score."""
+    if output_format == "json":
+        report = {"metric": metric, "weights": label, "levels": levels, "saliency": saliency, "pairs": []}
         for ref, dist, s in results:
             entry = {"ref": str(ref), "dist": str(dist), "score": s[-1].item()}
             if metric == "msds":
                 entry["level_scores"] = s[:-1].tolist()
             report["pairs"].append(entry)
-        print(json.dumps(report, indent=2))
-        return
-    print(f"trunk weights: {weights_label(model, args.weights)}"
-          + ("; saliency-calibrated" if args.saliency else ""))
-    rows = [[str(ref), str(dist), *(f"{v:.6f}" for v in s.tolist())] for ref, dist, s in results]
-    print(format_table(["ref", "dist", *header], rows))
+        return json.dumps(report, indent=2)
+    rows = [[str(ref), str(dist), *(repr(v) if output_format == "csv" else f"{v:.6f}" for v in s.tolist())]
+            for ref, dist, s in results]
+    if output_format == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([["ref", "dist", *header], *rows])
+        return buffer.getvalue().rstrip("\n")
+    return format_table(["ref", "dist", *header], rows)
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -193,16 +254,16 @@ def run_demo(args: argparse.Namespace) -> None:
     table = torch.cat([scores, fused[:, None]], dim=1).double()
     if args.save:
         sheet = Path(args.save) / "contact_sheet.png"
-        plots.save_contact_sheet(sheet, y[0], labels, distorted, table, weights_label(model, args.weights))
+        plots.save_contact_sheet(sheet, y[0], labels, distorted, table, trunk_label(model, args.weights))
     if args.json:
         rows = [
             {"distortion": name, "strength": strength, "level_scores": s[:-1].tolist(), "score": s[-1].item()}
             for (name, strength), s in zip(labels, table)
         ]
-        print(json.dumps({"weights": weights_label(model, args.weights), "levels": args.levels, "rows": rows}, indent=2))
+        print(json.dumps({"weights": trunk_label(model, args.weights), "levels": args.levels, "rows": rows}, indent=2))
         return
     print(f"MSDS demo: a generated {args.size}x{args.size} reference against four distortions of rising strength")
-    print(f"trunk weights: {weights_label(model, args.weights)}; levels: {args.levels}; device: {args.device}\n")
+    print(f"trunk weights: {trunk_label(model, args.weights)}; levels: {args.levels}; device: {args.device}\n")
     rows = [[name, strength, *(f"{v:.6f}" for v in s.tolist())] for (name, strength), s in zip(labels, table)]
     print(format_table(["distortion", "strength", *level_header(args.levels)], rows))
     print("\n1 means identical; with pretrained weights, scores fall as each distortion grows.")
@@ -225,10 +286,7 @@ def format_correlations(report: dict) -> str:
 
 def describe_weights(record: dict) -> str:
     """The trunk of a results record, in words; a random trunk said so plainly."""
-    weights = record["settings"]["weights"]
-    if weights["name"] == "random":
-        return "random (untrained: scores say nothing about image quality)"
-    return f"{weights['name']} ({weights['file']}, SHA-256 {weights['sha256'][:16]}...)"
+    return weights_label(record["settings"]["weights"])
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -419,8 +477,21 @@ def fraction(text: str) -> float:
     return value
 
 
+def version_line() -> str:
+    from msds import __version__
+
+    try:
+        import triton
+
+        triton_version = f", triton {triton.__version__}"
+    except Exception:  # triton is optional off Linux x86_64; a broken one is no reason to fail here
+        triton_version = ""
+    return f"msds {__version__} (torch {torch.__version__}{triton_version})"
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msds", description="MSDS and DeepSSIM image-quality metrics.")
+    parser = OneLineParser(prog="msds", description="MSDS and DeepSSIM image-quality metrics.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(command: argparse.ArgumentParser) -> None:
@@ -431,7 +502,8 @@ def make_parser() -> argparse.ArgumentParser:
             help="imagenet (default; torchvision's VGG16 file, or $MSDS_VGG16_WEIGHTS), random, or a file path",
         )
         command.add_argument("--fusion", metavar="PATH", help="fusion weights written by `msds fit`")
-        command.add_argument("--device", default=default_device(), help="torch device (default: cuda if available)")
+        command.add_argument("--device", type=device_arg, default=default_device(),
+                             help="torch device: cpu, cuda, cuda:N or mps (default: cuda if available)")
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     score = commands.add_parser("score", help="score distorted images against references (sizes may differ)")
@@ -444,6 +516,11 @@ def make_parser() -> argparse.ArgumentParser:
                        help="saliency-calibrated DeepSSIM: binary mask images (0 = not salient, 1 or 255 = salient), each the size "
                             "of its own image; folders of masks named like the images for folders")
     score.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    score.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                       help="output: an aligned table (default), CSV or JSON (--json is --format json)")
+    score.add_argument("--out", metavar="FILE", help="write the results to FILE instead of stdout")
+    score.add_argument("--skip-bad", action="store_true",
+                       help="skip pairs with missing or unreadable images, listing each on stderr, instead of stopping")
     model_options(score)
     score.set_defaults(run=run_score)
 

@@ -36,6 +36,7 @@ from msds.correlation import correlations
 from msds.datasets import Dataset, DatasetError
 from msds.images import ImageError, load_image_for, load_mask
 from msds.metric import MSDS, DeepSSIM
+from msds.weights import weights_record
 
 METRICS = ("msds", "deepssim", "lite")
 
@@ -278,7 +279,7 @@ def evaluate(pairs: Sequence[Pair], root: Path, out: Path, model_args: dict, bat
     except ValueError as err:
         raise DatasetError(str(err)) from None
     current = provenance.settings(args["metric"], model.level_columns or 1,
-                                  provenance.weights_record(args["weights"], model.model.pretrained),
+                                  weights_record(args["weights"], model.model.pretrained),
                                   args["fusion"], args["saliency"])
     if restart and rank == 0:
         for path in [out, provenance.meta_path(out), *part_files(out)]:

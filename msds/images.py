@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -120,12 +120,16 @@ def image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def pair_paths(ref: Path, dist: Path) -> List[Tuple[Path, Path]]:
+def pair_paths(ref: PathArg, dist: PathArg) -> List[Tuple[Path, Path]]:
     """(reference, distorted) pairs: two files; one reference file and a folder
     of distorted images; or two folders paired by file name.
 
-    A file in either folder without a partner of the same name is an error.
+    Folders pair by file stem, whatever the extension and its case
+    (img0.png with img0.JPG): a lossy copy often changes the extension. Two
+    files of one folder with the same stem, and a file without a partner,
+    are errors naming them.
     """
+    ref, dist = Path(ref), Path(dist)
     for path, role in ((ref, "REF"), (dist, "DIST")):
         if not path.exists():
             raise ImageError(f"{path}: no such file or folder ({role})")
@@ -138,15 +142,25 @@ def pair_paths(ref: Path, dist: Path) -> List[Tuple[Path, Path]]:
         if not files:
             raise ImageError(f"{dist}: no image files ({', '.join(IMAGE_SUFFIXES)})")
         return [(ref, path) for path in files]
-    refs = {p.name: p for p in image_files(ref)}
-    dists = {p.name: p for p in image_files(dist)}
+    refs, dists = files_by_stem(ref), files_by_stem(dist)
     unmatched = sorted(set(refs) ^ set(dists))
     if unmatched:
-        where = [str((ref if name in refs else dist) / name) for name in unmatched[:3]]
+        where = [str(refs.get(stem) or dists[stem]) for stem in unmatched[:3]]
         raise ImageError(
-            f"{', '.join(where)}{' ...' if len(unmatched) > 3 else ''}: no file of the same name in the other "
-            f"folder ({len(unmatched)} unpaired)"
+            f"{', '.join(where)}{' ...' if len(unmatched) > 3 else ''}: no file of the same name (stem) in the "
+            f"other folder ({len(unmatched)} unpaired)"
         )
     if not refs:
         raise ImageError(f"{ref}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [(refs[name], dists[name]) for name in sorted(refs)]
+    return [(refs[stem], dists[stem]) for stem in sorted(refs)]
+
+
+def files_by_stem(folder: Path) -> Dict[str, Path]:
+    """A folder's image files by stem, refusing two that share one."""
+    found: Dict[str, Path] = {}
+    for path in image_files(folder):
+        if path.stem in found:
+            raise ImageError(f"{found[path.stem]} and {path}: two images named {path.stem!r} in one folder, "
+                             "so which to pair is ambiguous; rename or move one")
+        found[path.stem] = path
+    return found

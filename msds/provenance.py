@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from msds.datasets import DatasetError
-from msds.weights import ENV_VAR, WeightsArg, imagenet_cache_path, sha256_of
+from msds.weights import sha256_of
 
 FORMAT = "msds-results/1"
 
@@ -39,18 +39,6 @@ def file_record(path: Optional[str]) -> Optional[dict]:
     if path is None:
         return None
     return {"file": str(path), "sha256": sha256_of(Path(path).expanduser())}
-
-
-def weights_record(weights: WeightsArg, pretrained: bool) -> dict:
-    """The trunk weights as given (imagenet, a path) with the file read and
-    its SHA-256; {"name": "random"} for the seeded random trunk."""
-    if not pretrained:
-        return {"name": "random", "file": None, "sha256": None}
-    if weights == "imagenet":
-        path = os.environ.get(ENV_VAR) or str(imagenet_cache_path())
-    else:
-        path = str(weights)
-    return {"name": str(weights), **file_record(path)}
 
 
 def is_random(record: dict) -> bool:

@@ -76,12 +76,15 @@ def imagenet_file(download: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=IMAGENET_SHA256_PREFIX)
+    # The causes are folded into one message: no chain of urllib tracebacks.
     except RuntimeError as err:  # raised by torch.hub on a hash mismatch
-        raise WeightsError(f"weights: the downloaded VGG16 file failed its hash check ({err})") from err
+        raise WeightsError(f"weights: the downloaded VGG16 file failed its hash check ({err})") from None
     except OSError as err:  # no network, DNS failure, refused connection, disk full
+        reason = getattr(err, "reason", None) or err.strerror or err
         raise WeightsError(
-            f"weights: could not download the ImageNet VGG16 weights ({err}); {how_to_provide()}"
-        ) from err
+            f"weights: could not download the ImageNet VGG16 weights from {IMAGENET_URL} ({reason}); "
+            f"{how_to_provide()}"
+        ) from None
     _verified.add((str(path), path.stat().st_size, path.stat().st_mtime_ns))
     return path
 
@@ -91,13 +94,44 @@ def load_state_dict(path: Union[str, "os.PathLike[str]"], source: str = "weights
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{source}: no such weights file: {path}")
+    expected = ("expected a VGG16 state dict of tensors saved by torch.save, such as torchvision's "
+                f"{IMAGENET_FILENAME} or a file written by `msds trim-weights`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise WeightsError(f"{source}: {path} is not a readable PyTorch weights file ({err})") from err
+        # torch's own message may advise weights_only=False, which runs any code
+        # a file holds: not advice to pass on for a file of unknown origin.
+        raise WeightsError(f"{source}: {path} is not a readable weights file ({type(err).__name__} from "
+                           f"torch.load); {expected}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{source}: {path} does not hold a state dict of tensors")
+        raise WeightsError(f"{source}: {path} does not hold a state dict of tensors; {expected}")
     return state
+
+
+def weights_record(weights: WeightsArg, pretrained: bool) -> Dict[str, Optional[str]]:
+    """Where the trunk's weights came from: source ("imagenet", "env", "file"
+    or "random"), the name given, the file read and its SHA-256."""
+    if not pretrained:
+        return {"source": "random", "name": "random", "file": None, "sha256": None}
+    override = os.environ.get(ENV_VAR) if weights == "imagenet" else None
+    if weights == "imagenet":
+        source, path = ("env", Path(override).expanduser()) if override else ("imagenet", imagenet_cache_path())
+    else:
+        source, path = "file", Path(weights).expanduser()
+    return {"source": source, "name": str(weights), "file": str(path), "sha256": sha256_of(path)}
+
+
+def weights_label(record: Dict[str, Optional[str]]) -> str:
+    """A weights record in words, saying exactly which file was read."""
+    source = record.get("source") or ("random" if record["name"] == "random" else "file")
+    digest = (record["sha256"] or "")[:12]
+    if source == "random":
+        return "random (untrained: scores say nothing about image quality)"
+    if source == "imagenet":
+        return f"imagenet (torchvision file {record['file']}, sha256 {digest})"
+    if source == "env":
+        return f"env {ENV_VAR}={record['file']} (sha256 {digest})"
+    return f"file {record['file']} (sha256 {digest})"
 
 
 def resolve_weights(weights: WeightsArg) -> Optional[StateDict]:
