@@ -129,7 +129,7 @@ def test_missing_file(tmp_path):
 def test_corrupt_file(tmp_path):
     path = tmp_path / "corrupt.pth"
     path.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(W.WeightsError, match="corrupt.pth is not a readable PyTorch weights file"):
+    with pytest.raises(W.WeightsError, match="corrupt.pth is not a readable weights file .*expected a VGG16 state dict"):
         msds.VGG16Trunk(path)
 
 
@@ -137,7 +137,7 @@ def test_truncated_file(vgg_file, tmp_path):
     path, _ = vgg_file
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(path.read_bytes()[:100_000])
-    with pytest.raises(W.WeightsError, match="not a readable PyTorch weights file"):
+    with pytest.raises(W.WeightsError, match="not a readable weights file .*expected a VGG16 state dict"):
         msds.VGG16Trunk(truncated)
 
 
