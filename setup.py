@@ -14,7 +14,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     # kernels/ lives at the top of the tree but installs as msds.kernels.
-    packages=["msds", "msds.kernels"],
+    packages=["msds", "msds.metric", "msds.trunk", "msds.evaluation", "msds.cli", "msds.kernels"],
     package_dir={"msds": "msds", "msds.kernels": "kernels"},
     # The supported range, each end tested in CI (README, "Supported versions").
     install_requires=[

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 # Feature maps of the trunk (C = 512) for 3 levels of 256 x 256 and 1024 x 1024 images.
 HEAD_CASES: Dict[str, Tuple[int, List[Tuple[int, int]]]] = {
@@ -21,7 +22,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def trunk_gflops(height: int, width: int) -> float:
     """Multiply-add work (2 FLOP each) of the trunk on one image, in GFLOP."""
-    from msds.backbone import LAYOUT
+    from msds.trunk.vgg16 import LAYOUT
 
     flops, channels = 0.0, 3
     for item in LAYOUT:
@@ -137,3 +138,18 @@ def environment(device: torch.device) -> Dict[str, object]:
         info["triton"] = None
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return info
+
+
+def unfold_head(fx: torch.Tensor, fy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The obvious DeepSSIM head, as the official code writes it: (B,) scores."""
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        flat = f.flatten(2)
+        return torch.bmm(flat, flat.transpose(1, 2))
+
+    tx = F.unfold(gram(fx).unsqueeze(1), kernel_size=4, stride=4)  # (B, 16, tiles)
+    ty = F.unfold(gram(fy).unsqueeze(1), kernel_size=4, stride=4)
+    mx, my = tx.mean(1, keepdim=True), ty.mean(1, keepdim=True)
+    vx = ((tx - mx) ** 2).mean(1)
+    vy = ((ty - my) ** 2).mean(1)
+    cov = ((tx - mx) * (ty - my)).mean(1)
+    return ((2 * cov + eps) / (vx + vy + eps)).mean(1)

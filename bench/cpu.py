@@ -39,28 +39,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 import msds
 from bench import peers
-from bench.common import peak_rss_growth, pyramid_gflops, relu_like, trunk_gflops
+from bench.common import peak_rss_growth, pyramid_gflops, relu_like, trunk_gflops, unfold_head
 
 Variant = Callable[[], object]
-
-
-def unfold_head(fx: torch.Tensor, fy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The obvious DeepSSIM head, as the official code writes it: (B,) scores."""
-    def gram(f: torch.Tensor) -> torch.Tensor:
-        flat = f.flatten(2)
-        return torch.bmm(flat, flat.transpose(1, 2))
-
-    tx = F.unfold(gram(fx).unsqueeze(1), kernel_size=4, stride=4)  # (B, 16, tiles)
-    ty = F.unfold(gram(fy).unsqueeze(1), kernel_size=4, stride=4)
-    mx, my = tx.mean(1, keepdim=True), ty.mean(1, keepdim=True)
-    vx = ((tx - mx) ** 2).mean(1)
-    vy = ((ty - my) ** 2).mean(1)
-    cov = ((tx - mx) * (ty - my)).mean(1)
-    return ((2 * cov + eps) / (vx + vy + eps)).mean(1)
 
 
 def matmul_gflops(size: int = 2048, calls: int = 5) -> float:

@@ -56,7 +56,8 @@ if ARGS is not None and ARGS.smoke:
 import torch  # noqa: E402
 
 import msds  # noqa: E402
-from msds import demo, reference  # noqa: E402
+from msds.cli import demo  # noqa: E402
+from msds.metric import reference
 from tests.helpers import score_atol, trunk_terms  # noqa: E402  (the bounds the tests use, derived there)
 
 

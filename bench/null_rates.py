@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from msds import significance
+from msds.evaluation import significance
 
 
 def rejection_rate(contents: int, simulations: int, rng: np.random.Generator, per_content: int = 5,

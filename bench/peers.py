@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import msds
-from bench.common import pyramid_gflops, trunk_gflops
+from bench.common import pyramid_gflops, trunk_gflops, unfold_head
 
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LPIPS = "LPIPS-VGG"  # the baseline of every ratio
@@ -142,8 +142,6 @@ def peer_contenders(device: torch.device) -> Tuple[List[Contender], Dict[str, st
 def own_contenders(device: torch.device, size: int = 256) -> List[Contender]:
     """The official DeepSSIM formulation and msds's metrics (MSDS at the
     levels that size x size images allow)."""
-    from bench.cpu import unfold_head
-
     official = msds.DeepSSIM(weights=None, fast=False, check_range=False).to(device)
     rows = [Contender("DeepSSIM (official)", "VGG16 to relu5_1 per image, bmm Grams, unfold 4x4 tiles",
                       lambda x, y: unfold_head(official.trunk(x), official.trunk(y)),

@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from msds.kernels.gram_ssim import (  # noqa: F401  (INTERPRETED is read by msds.head)
+from msds.kernels.gram_ssim import (  # noqa: F401  (INTERPRETED is read by msds.metric.head)
     INTERPRETED,
     PRECISIONS,
     accumulator_dtype,
@@ -74,7 +74,7 @@ gram_ssim_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def multiscale_scores(fxs: List[Tensor], fys: List[Tensor], eps: float, precision: str = "tf32x3") -> Tensor:
-    """(B, L) head scores by the fused kernels; see msds.head.multiscale_gram_ssim."""
+    """(B, L) head scores by the fused kernels; see msds.metric.head.multiscale_gram_ssim."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     fxs, fys = list(fxs), list(fys)

@@ -5,6 +5,7 @@ of VGG16 relu5_1 features, TPAMI 2025) at every level of an image pyramid and
 fuses the per-level scores with learnable weights.
 """
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -32,13 +33,25 @@ def _adopt_checkout_kernels() -> None:
 
 _adopt_checkout_kernels()
 
-from msds.backbone import VGG16Trunk  # noqa: E402
-from msds.head import gram_ssim, multiscale_gram_ssim  # noqa: E402
-from msds.metric import MSDS, DeepSSIM, ReferenceFeatures  # noqa: E402
-from msds.pyramid import image_pyramid  # noqa: E402
-from msds.weights import WeightsError, save_trimmed_weights  # noqa: E402
+from msds import _moved  # noqa: E402
+
+_moved.install()
+
+from msds.trunk.vgg16 import VGG16Trunk  # noqa: E402
+from msds.metric.head import gram_ssim, multiscale_gram_ssim  # noqa: E402
+from msds.metric.modules import MSDS, DeepSSIM, ReferenceFeatures  # noqa: E402
+from msds.metric.pyramid import image_pyramid  # noqa: E402
+from msds.trunk.vgg16 import save_trimmed_weights  # noqa: E402
+from msds.trunk.weights import WeightsError  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """msds.winograd and the other moved modules as attributes, as before they moved."""
+    if f"msds.{name}" in _moved.MOVED:
+        return importlib.import_module(f"msds.{name}")
+    raise AttributeError(f"module 'msds' has no attribute {name!r}")
 
 __all__ = [
     "MSDS",

@@ -2,6 +2,6 @@
 
 import sys
 
-from msds.cli import main
+from msds.cli.commands import main
 
 sys.exit(main())

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from msds._checks import check_image, check_mask
+from msds.metric.checks import check_image, check_mask
 
 PathArg = Union[str, "os.PathLike[str]"]
 # Pillow's modes of 16-bit (and 32-bit integer) single-channel images: their
@@ -79,7 +79,7 @@ def load_image_for(path: PathArg, levels: int) -> torch.Tensor:
 def load_mask(path: PathArg, image: torch.Tensor, image_path: PathArg) -> torch.Tensor:
     """A saliency mask file as a (1, 1, H, W) float32 tensor of 0 and 1.
 
-    The rule of msds's masks (msds._checks.check_mask): 0 is not salient;
+    The rule of msds's masks (msds.metric.checks.check_mask): 0 is not salient;
     the salient value is 1 or the file's full value (255 in an 8-bit file,
     65535 in a 16-bit one, white in a bilevel one). Other values (a soft
     saliency map) and a mask with no salient pixel are refused. The mask

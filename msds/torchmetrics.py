@@ -35,9 +35,9 @@ except ImportError as err:  # the core package does not need torchmetrics
         f"(or pip install torchmetrics); import failed with: {err}"
     ) from err
 
-from msds.backbone import VGG16Trunk
-from msds.metric import DataRange, DeepSSIM, MSDS, ReferenceFeatures
-from msds.weights import ENV_VAR
+from msds.trunk.vgg16 import VGG16Trunk
+from msds.metric.modules import DataRange, DeepSSIM, MSDS, ReferenceFeatures
+from msds.trunk.weights import ENV_VAR
 
 _TRUNK_PREFIX = "scorer.trunk."
 _trunks: "weakref.WeakValueDictionary[Hashable, VGG16Trunk]" = weakref.WeakValueDictionary()

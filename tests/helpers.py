@@ -80,7 +80,7 @@ UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat1
 
 
 def winograd_growth() -> float:
-    """How many times a direct 3x3 sum's rounding F(4x4, 3x3) may carry (msds.winograd).
+    """How many times a direct 3x3 sum's rounding F(4x4, 3x3) may carry (msds.trunk.winograd).
 
     Output p is carried back from the 36 transformed products by row p of
     A^T (x) A^T; product k multiplies filters weighted by row k of G (x) G and
@@ -93,7 +93,7 @@ def winograd_growth() -> float:
     0.5 of the direct bound, that is 5e-6 to 1.4e-5 relative, against about
     2e-6 for torch's direct convolution.
     """
-    from msds.winograd import matrices
+    from msds.trunk.winograd import matrices
 
     bt, g, at = matrices()
     a2, g2, b2 = torch.kron(at, at), torch.kron(g, g), torch.kron(bt, bt)

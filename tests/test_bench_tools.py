@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import msds
-from bench.cpu import unfold_head
+from bench.common import unfold_head
 from helpers import images
 from oracle import deepssim_head
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import msds
-import msds.cli
+import msds.cli.commands
 from helpers import read_rgb
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
@@ -136,7 +136,7 @@ def test_demo_json_and_saved_images(tmp_path):
 
 
 def test_trim_weights_command(tmp_path):
-    from msds.backbone import build_features
+    from msds.trunk.vgg16 import build_features
 
     state = {f"features.{k}": torch.rand(v.shape) for k, v in build_features().state_dict().items()}
     state["classifier.6.bias"] = torch.rand(1000)
@@ -170,10 +170,10 @@ def test_a_shared_reference_runs_through_the_trunk_once(metric, tmp_path, pair, 
     for i in range(3):
         write_image(folder / f"d{i}.png", 10 + i, size=(32, 48), noise=0.05 * (i + 1))
     passes = []
-    forward = msds.backbone.VGG16Trunk.forward
-    monkeypatch.setattr(msds.backbone.VGG16Trunk, "forward",
+    forward = msds.trunk.vgg16.VGG16Trunk.forward
+    monkeypatch.setattr(msds.trunk.vgg16.VGG16Trunk, "forward",
                         lambda self, images, *rest: passes.append(images.shape[0]) or forward(self, images, *rest))
-    assert msds.cli.main(["score", str(ref), str(folder), "--metric", metric, "--levels", "1", "--weights", "random",
+    assert msds.cli.commands.main(["score", str(ref), str(folder), "--metric", metric, "--levels", "1", "--weights", "random",
                           "--json", "--no-progress"]) == 0
     entries = json.loads(capsys.readouterr().out)["pairs"]
     assert len(entries) == 3 and passes == [1, 1, 1, 1]

@@ -2,7 +2,7 @@
 stderr and a nonzero exit, never a traceback; folders pair by stem; only
 results reach stdout; the weights label names what was read.
 
-The command runs in-process (msds.cli.main), which is what `msds` runs; the
+The command runs in-process (msds.cli.commands.main), which is what `msds` runs; the
 subprocess tests in test_cli.py cover the entry point itself.
 """
 
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import msds
-import msds.cli
+import msds.cli.commands
 
 
 def write_image(path, seed, size=(40, 36)):
@@ -30,7 +30,7 @@ def write_image(path, seed, size=(40, 36)):
 def run_cli(capsys, *args):
     """(exit status, stdout, stderr) of `msds ARGS`, however it ends."""
     try:
-        status = msds.cli.main([str(a) for a in args])
+        status = msds.cli.commands.main([str(a) for a in args])
     except SystemExit as exit_:  # argparse: usage errors, --version
         status = exit_.code
     out, err = capsys.readouterr()

@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from helpers import ROOT
-from msds.datasets import DatasetError, read_dataset, read_xlsx
+from msds.evaluation.datasets import DatasetError, read_dataset, read_xlsx
 
 SIZE = 40
 

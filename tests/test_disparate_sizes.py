@@ -12,7 +12,7 @@ import torch
 
 import msds
 from helpers import assert_scores_within_rounding, images, relu_features, require_triton, state_of
-from msds import reference
+from msds.metric import reference
 from oracle import deepssim_head, lite_head, msds_level_scores, trunk_np
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 from scipy import optimize, stats
 
 import msds
-from msds import correlation
+from msds.evaluation import correlation
 from helpers import read_rgb
-from msds import demo
+from msds.cli import demo
 
 STRENGTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
 
@@ -240,12 +240,12 @@ def test_fit_improves_held_out_correlation_and_loads_into_msds(tmp_path):
     assert report["train_references"] + report["test_references"] == 30
     model = msds.MSDS(levels=3, weights=None, fusion=fusion)
     np.testing.assert_allclose(model.fusion_weights().detach().numpy(), report["weights"], rtol=1e-6)
-    with pytest.raises(msds.fusion.FusionError, match="holds 3 weights, expected 2"):
+    with pytest.raises(msds.evaluation.fusion_fit.FusionError, match="holds 3 weights, expected 2"):
         msds.MSDS(levels=2, weights=None, fusion=fusion)
 
 
 def test_split_keeps_references_whole():
-    from msds.fusion import split_by_reference
+    from msds.evaluation.fusion_fit import split_by_reference
 
     refs = [f"r{i % 7}" for i in range(50)]
     train, test = split_by_reference(refs, 0.3, seed=3)
@@ -474,7 +474,7 @@ def test_the_logistic_finds_the_bend_of_crowded_scores_and_never_loses_to_a_line
 
 def cli(capsys, *args):
     """msds's main() in this process: (exit status, stdout, stderr)."""
-    from msds.cli import main
+    from msds.cli.commands import main
 
     status = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -574,7 +574,7 @@ def test_eval_runs_deepssim_with_saliency_masks(tmp_path, capsys):
 
 
 def test_non_finite_scores_are_left_out_per_column_and_counted(tmp_path):
-    from msds.analysis import analyse
+    from msds.evaluation.analysis import analyse
 
     rng = np.random.default_rng(15)
     rows = []

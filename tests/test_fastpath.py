@@ -69,7 +69,7 @@ def test_cpu_fast_path_runs_the_trunk_a_few_images_at_a_time(rng, monkeypatch):
     fast = msds.MSDS(levels=2, weights=None)
     with torch.no_grad():
         whole = fast.level_scores(x, y)
-        monkeypatch.setattr(msds.fastpath, "CPU_PASS_PIXELS", 2 * 64 * 64)  # two 64 x 64 images a pass
+        monkeypatch.setattr(msds.trunk.fastpath, "CPU_PASS_PIXELS", 2 * 64 * 64)  # two 64 x 64 images a pass
         calls = count_trunk_passes(fast)
         chunked = fast.level_scores(x, y)
     # Level 0: x and y share their pass, 6 images in passes of 2; level 1 (32 x 32): one pass of 6.
@@ -81,7 +81,7 @@ def test_cpu_fast_path_runs_the_trunk_a_few_images_at_a_time(rng, monkeypatch):
     deepssim = msds.DeepSSIM(weights=None)
     with torch.no_grad():
         chunked = deepssim(x, y, mask_x, mask_y)
-        monkeypatch.setattr(msds.fastpath, "CPU_PASS_PIXELS", 10**9)
+        monkeypatch.setattr(msds.trunk.fastpath, "CPU_PASS_PIXELS", 10**9)
         whole = deepssim(x, y, mask_x, mask_y)
     assert (chunked - whole).abs().max().item() <= 1e-6
 
@@ -99,9 +99,9 @@ def test_default_is_fast_on_cuda_and_the_cpu():
     model = msds.MSDS(levels=1, weights=None)
     assert model.fast is None
     assert model._is_fast(torch.zeros(1, device="cpu"))
-    assert msds.fastpath.is_fast(None, torch.device("cuda"))
-    assert not msds.fastpath.is_fast(False, torch.device("cuda"))
-    assert not msds.fastpath.is_fast(False, torch.device("cpu"))
+    assert msds.trunk.fastpath.is_fast(None, torch.device("cuda"))
+    assert not msds.trunk.fastpath.is_fast(False, torch.device("cuda"))
+    assert not msds.trunk.fastpath.is_fast(False, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("levels,shape", [(1, (3, 3, 48, 40)), (3, (2, 3, 64, 80))])
@@ -135,7 +135,7 @@ def test_fast_and_plain_paths_in_float32_are_within_rounding_of_float64(levels, 
             grads.append(pred.grad)
             replay_branches(loss)
         # Trunk forward and backward, the Gram (positions) and its gradient (C).
-        terms = trunk_terms(loss, backward=True) + positions + msds.backbone.CHANNELS
+        terms = trunk_terms(loss, backward=True) + positions + msds.trunk.vgg16.CHANNELS
         assert relative_error(*grads) <= rounding_rtol(terms), fast
 
 
@@ -173,7 +173,7 @@ def test_cuda_trunk_settings_trace_whole_under_torch_compile():
     # On CUDA the fast path scopes cuDNN's benchmark mode to the trunk call;
     # that context manager cannot be traced, so compiled code must skip it.
     def trunk_step(images):
-        with msds.fastpath.trunk_context(True, None, torch.device("cuda")):
+        with msds.trunk.fastpath.trunk_context(True, None, torch.device("cuda")):
             return images * 2
 
     images = torch.rand(2, 3)

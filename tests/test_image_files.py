@@ -7,7 +7,6 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import msds
 from msds.images import ImageError, load_image, load_mask

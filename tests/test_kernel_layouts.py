@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import relative_error, relu_features, require_triton, rounding_rtol, tile_condition
-from msds import reference
+from msds.metric import reference
 from oracle import deepssim_head
 
 require_triton()

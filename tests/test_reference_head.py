@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import msds
-from msds import reference
+from msds.metric import reference
 from helpers import relu_features
 from oracle import deepssim_head, lite_head
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from msds import significance
-from msds.correlation import correlations, fit_mapping
+from msds.evaluation import significance
+from msds.evaluation.correlation import correlations, fit_mapping
 
 
 def noisy_pairs(rng, n, rho=0.7):

@@ -5,7 +5,7 @@ import torch
 
 import msds
 from helpers import UNIT_ROUNDOFF, relative_error, relu_features, require_triton, rounding_rtol, tile_condition
-from msds import reference
+from msds.metric import reference
 
 require_triton()
 

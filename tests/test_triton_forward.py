@@ -113,7 +113,7 @@ def test_too_many_levels_for_the_kernel(rng, device):
 
 
 def test_auto_picks_the_kernels_for_cuda_tensors_only():
-    from msds import head
+    from msds.metric import head
     from msds.kernels import ops
 
     assert head.select_head("auto", torch.device("cpu")) is head._reference_head

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import msds
-from msds import weights as W
-from msds.backbone import build_features
+from msds.trunk import weights as W
+from msds.trunk.vgg16 import build_features
 
 
 def torchvision_layout(generator) -> dict:

@@ -1,4 +1,4 @@
-"""Winograd's F(4x4, 3x3) convolutions (msds.winograd) against torch's direct
+"""Winograd's F(4x4, 3x3) convolutions (msds.trunk.winograd) against torch's direct
 convolution in float64, and where the fast path uses them."""
 
 import pickle
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import msds
 from helpers import relative_error, rounding_rtol, winograd_growth
-from msds import winograd
+from msds.trunk import winograd
 
 # (images, in channels, out channels, height, width): sizes below, at and
 # above one 4x4 block, primes, lengths that are no multiple of 4.

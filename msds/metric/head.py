@@ -3,7 +3,7 @@
 `multiscale_gram_ssim` takes the per-level feature maps of both images and
 returns (B, L) DeepSSIM scores. Behind it sit two interchangeable
 implementations, chosen per call from the tensors' device: the reference
-(plain PyTorch, msds.reference) and the fused Triton kernels (msds.kernels).
+(plain PyTorch, msds.metric.reference) and the fused Triton kernels (msds.kernels).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from msds import _checks, reference
+from msds.metric import checks, reference
 
 HeadFn = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], float, str], torch.Tensor]
 
@@ -37,7 +37,7 @@ KERNEL_MAX_LEVELS = 6
 
 def select_head(backend: str, device: torch.device, levels: int = 1) -> HeadFn:
     """The head implementation for `backend`, tensors on `device` and `levels` levels."""
-    _checks.check_choice("backend", backend, _checks.BACKENDS)
+    checks.check_choice("backend", backend, checks.BACKENDS)
     if backend == "triton" and levels > KERNEL_MAX_LEVELS:
         raise ValueError(f"fxs: backend='triton' takes 1 to {KERNEL_MAX_LEVELS} levels, got {levels}")
     if backend == "reference" or (backend == "auto" and (device.type != "cuda" or levels > KERNEL_MAX_LEVELS)):
@@ -84,22 +84,22 @@ def multiscale_gram_ssim(
         (B, L) scores, float64 for float64 features and float32 otherwise.
         1 means identical Gram structure; higher is more similar.
     """
-    eps = _checks.check_eps(eps)
-    _checks.check_choice("precision", precision, _checks.PRECISIONS)
+    eps = checks.check_eps(eps)
+    checks.check_choice("precision", precision, checks.PRECISIONS)
     for name, value in (("fxs", fxs), ("fys", fys)):
         if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or len(value) == 0:
             raise TypeError(
-                f"{name}: expected a non-empty list of (B, C, h, w) feature maps, got {_checks.describe(value)}"
+                f"{name}: expected a non-empty list of (B, C, h, w) feature maps, got {checks.describe(value)}"
             )
     if len(fxs) != len(fys):
         raise ValueError(f"fys: expected {len(fxs)} levels like fxs, got {len(fys)}")
     for level, (fx, fy) in enumerate(zip(fxs, fys)):
-        _checks.check_feature_pair(f"fxs[{level}]", fx, f"fys[{level}]", fy)
+        checks.check_feature_pair(f"fxs[{level}]", fx, f"fys[{level}]", fy)
         first = fxs[0]
         if fx.shape[:2] != first.shape[:2] or fx.dtype != first.dtype or fx.device != first.device:
             raise ValueError(
                 f"fxs[{level}]: expected the batch size, channel count, dtype and device of fxs[0] "
-                f"({_checks.describe(first)}), got {_checks.describe(fx)}"
+                f"({checks.describe(first)}), got {checks.describe(fx)}"
             )
     head = select_head(backend, fxs[0].device, len(fxs))
     with _fp32_statistics(fxs[0].device.type):
@@ -151,5 +151,5 @@ def gram_ssim(
         (B,) mean over the 4x4 tiles of the two Gram matrices of
         (2 cov + c) / (var_x + var_y + c); 1 for identical features.
     """
-    _checks.check_feature_pair("fx", fx, "fy", fy)
+    checks.check_feature_pair("fx", fx, "fy", fy)
     return multiscale_gram_ssim([fx], [fy], eps=eps, backend=backend, precision=precision)[:, 0]

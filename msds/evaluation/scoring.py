@@ -11,7 +11,7 @@ in the CSV's order and removes the part files.
 
 The settings of the run (metric, levels, weights and their SHA-256, fusion
 file, saliency masks, image handling, msds version) and the direction of the
-opinion scores are written first to OUT.meta.json (msds.provenance); a
+opinion scores are written first to OUT.meta.json (msds.evaluation.provenance); a
 resumed run with other settings is refused unless told to restart.
 """
 
@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 import numpy as np
 
-from msds import provenance
-from msds.correlation import correlations
-from msds.datasets import Dataset, DatasetError
+from msds.evaluation import provenance
+from msds.evaluation.correlation import correlations
+from msds.evaluation.datasets import Dataset, DatasetError
 from msds.images import ImageError, load_image_for, load_mask
-from msds.metric import MSDS, DeepSSIM
-from msds.weights import weights_record
+from msds.metric.modules import MSDS, DeepSSIM
+from msds.trunk.weights import weights_record
 
 METRICS = ("msds", "deepssim", "lite")
 

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from msds.datasets import DatasetError
-from msds.weights import sha256_of
+from msds.evaluation.datasets import DatasetError
+from msds.trunk.weights import sha256_of
 
 FORMAT = "msds-results/1"
 

@@ -1,4 +1,4 @@
-"""Fusion weights: the small file MSDS(fusion=PATH) loads, and fitting it to opinion scores.
+"""Fitting the fusion weights to opinion scores (the file format: msds.metric.fusion_file).
 
 Objective (ours; the paper does not publish its training): maximise the
 Pearson correlation between the fused score sum_l softmax(theta)_l S_l and
@@ -10,7 +10,6 @@ mapping, so this targets PLCC and, through it, SRCC.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,37 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from msds import provenance, significance
-from msds.correlation import correlations
-
-FORMAT = "msds-fusion/1"
-
-
-class FusionError(ValueError):
-    """A fusion file or a per-level score file is missing or malformed."""
-
-
-def save_fusion(path: Path, logits: Sequence[float], info: Dict[str, object]) -> None:
-    data = {"format": FORMAT, "levels": len(logits), "logits": [float(v) for v in logits], **info}
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
-
-
-def load_fusion(path, levels: int) -> torch.Tensor:
-    """The fusion logits stored in `path`, checked against `levels`."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FusionError(f"fusion: no such file: {path}") from None
-    except (OSError, ValueError) as err:
-        raise FusionError(f"fusion: {path} is not a readable fusion file ({err})") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("logits"), list):
-        raise FusionError(f"fusion: {path} is not an msds fusion file (expected format {FORMAT!r})")
-    logits = data["logits"]
-    if len(logits) != levels or not all(isinstance(v, (int, float)) for v in logits):
-        raise FusionError(f"fusion: {path} holds {len(logits)} weights, expected {levels} numbers for levels={levels}")
-    return torch.tensor(logits, dtype=torch.float32)
-
+from msds.evaluation import provenance, significance
+from msds.evaluation.correlation import correlations
+from msds.metric.fusion_file import FORMAT, FusionError, load_fusion, save_fusion  # noqa: F401  (msds.fusion's names)
 
 @dataclass
 class LevelScores:

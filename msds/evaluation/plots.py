@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from msds.correlation import correlations, fit_mapping
+from msds.evaluation.correlation import correlations, fit_mapping
 
 
 class PlotError(RuntimeError):
@@ -109,7 +109,7 @@ def _significance_panel(axes: Any, analysis: dict) -> None:
 def save_eval_plot(path: Path, rows: Sequence[dict], levels: int, analysis: Optional[dict] = None,
                    metric: str = "MSDS", note: str = "") -> Path:
     """MOS against the score (left, larger) and against each level's score,
-    and with `analysis` (msds.analysis.analyse) a panel of every column's
+    and with `analysis` (msds.evaluation.analysis.analyse) a panel of every column's
     SRCC with its interval, marking the differences from level 0 that are
     significant, and the significance table over every pair of columns.
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from msds.correlation import correlations, fit_mapping
+from msds.evaluation.correlation import correlations, fit_mapping
 
 STATISTICS = ("srcc", "krcc", "plcc", "rmse")
 COMPARED = ("srcc", "plcc")  # the statistics paired comparisons and the significance table use
@@ -175,7 +175,7 @@ def paired_difference(report: dict, a: str, b: str, stat: str = "srcc") -> dict:
 
 
 def residuals(scores: Sequence[float], mos: Sequence[float]) -> np.ndarray:
-    """MOS minus the scores' monotonic logistic mapping (msds.correlation.fit_mapping),
+    """MOS minus the scores' monotonic logistic mapping (msds.evaluation.correlation.fit_mapping),
     fitted on the pairs where both are finite; NaN at the others."""
     scores = np.asarray(scores, dtype=np.float64)
     mos = np.asarray(mos, dtype=np.float64)

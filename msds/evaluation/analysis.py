@@ -16,9 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from msds import significance
-from msds.correlation import correlations
-from msds.datasets import DatasetError
+from msds.evaluation import significance
+from msds.evaluation.correlation import correlations
+from msds.evaluation.datasets import DatasetError
 
 KEYS = ("ref", "dist", "mos")
 DEFAULT_RESAMPLES = 1000

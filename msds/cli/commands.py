@@ -12,17 +12,19 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from msds import demo, plots
-from msds._checks import min_side
-from msds import significance
-from msds.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
-from msds.datasets import DatasetError, read_dataset
-from msds.evaluate import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
-from msds.fusion import (FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion,
+from msds.cli import demo
+from msds.evaluation import plots
+from msds.metric.checks import min_side
+from msds.evaluation import significance
+from msds.evaluation.analysis import DEFAULT_RESAMPLES, analyse, format_analysis, read_results
+from msds.evaluation.datasets import DatasetError, read_dataset
+from msds.evaluation.scoring import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
+from msds.evaluation.fusion_fit import (FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion,
                          settle_direction)
 from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
-from msds.metric import MSDS, DeepSSIM
-from msds.weights import WeightsArg, WeightsError, save_trimmed_weights, weights_label, weights_record
+from msds.metric.modules import MSDS, DeepSSIM
+from msds.trunk.vgg16 import save_trimmed_weights
+from msds.trunk.weights import WeightsArg, WeightsError, weights_label, weights_record
 
 
 class CommandError(Exception):

@@ -146,17 +146,3 @@ def resolve_weights(weights: WeightsArg) -> Optional[StateDict]:
     if isinstance(weights, (str, os.PathLike)):
         return load_state_dict(weights)
     raise TypeError(f"weights: expected 'imagenet', a file path or None, got {type(weights).__name__} {weights!r}")
-
-
-def save_trimmed_weights(source: WeightsArg, destination: Union[str, "os.PathLike[str]"]) -> Path:
-    """Save only the trunk's layers (up to relu5_1) of `source` to `destination`.
-
-    Returns the destination path. The trimmed file (about 59 MB instead of
-    528 MB) loads anywhere a torchvision VGG16 file does.
-    """
-    from msds.backbone import VGG16Trunk
-
-    trunk = VGG16Trunk(source)
-    destination = Path(destination)
-    torch.save(trunk.trunk_state_dict(), destination)
-    return destination

@@ -6,13 +6,15 @@ torchvision's state-dict keys (`features.N.weight`) load without renaming.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
-from msds import winograd
-from msds.weights import StateDict, WeightsArg, WeightsError, resolve_weights
+from msds.trunk import winograd
+from msds.trunk.weights import StateDict, WeightsArg, WeightsError, resolve_weights
 
 # Output channels of each conv, "M" for a 2x2 max-pool; ends at conv5_1.
 LAYOUT: List[Union[int, str]] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512]
@@ -38,7 +40,7 @@ class VGG16Trunk(nn.Module):
     """Images (B, 3, H, W) in [0, 1] -> relu5_1 features (B, 512, H/16, W/16).
 
     Args:
-        weights: "imagenet" (torchvision's ImageNet weights, see msds.weights),
+        weights: "imagenet" (torchvision's ImageNet weights, see msds.trunk.weights),
             a path to a VGG16 state dict, or None for a seeded random
             initialisation (for tests; scores are then not meaningful).
 
@@ -60,7 +62,7 @@ class VGG16Trunk(nn.Module):
             self._load(state)
         self.requires_grad_(False)
         self.eval()
-        # Each wide conv's Winograd filters by layer index, made on first use (msds.winograd).
+        # Each wide conv's Winograd filters by layer index, made on first use (msds.trunk.winograd).
         self._winograd: Dict[int, winograd.FilterTransforms] = {}
 
     def train(self, mode: bool = True) -> "VGG16Trunk":
@@ -102,7 +104,7 @@ class VGG16Trunk(nn.Module):
         """relu5_1 features; `mask` (B, 1, H, W), binary, multiplies the conv1_1 output.
 
         `winograd_convolutions` runs the wide convolutions by Winograd where
-        msds.winograd.applies (float32 on the CPU): the fast path's choice.
+        msds.trunk.winograd.applies (float32 on the CPU): the fast path's choice.
         """
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         x = self.features[:2](x)
@@ -117,3 +119,15 @@ class VGG16Trunk(nn.Module):
             else:
                 x = layer(x)
         return x
+
+
+def save_trimmed_weights(source: WeightsArg, destination: Union[str, "os.PathLike[str]"]) -> Path:
+    """Save only the trunk's layers (up to relu5_1) of `source` to `destination`.
+
+    Returns the destination path. The trimmed file (about 59 MB instead of
+    528 MB) loads anywhere a torchvision VGG16 file does.
+    """
+    trunk = VGG16Trunk(source)
+    destination = Path(destination)
+    torch.save(trunk.trunk_state_dict(), destination)
+    return destination

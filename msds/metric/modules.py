@@ -14,12 +14,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from msds import _checks, fastpath
-from msds.backbone import VGG16Trunk
-from msds.fusion import load_fusion
-from msds.head import lite_score, multiscale_gram_ssim
-from msds.pyramid import image_pyramid
-from msds.weights import WeightsArg
+from msds.metric import checks
+from msds.trunk import fastpath
+from msds.trunk.vgg16 import VGG16Trunk
+from msds.metric.fusion_file import load_fusion
+from msds.metric.head import lite_score, multiscale_gram_ssim
+from msds.metric.pyramid import image_pyramid
+from msds.trunk.weights import WeightsArg
 
 # The images' value range: a number high for [0, high] (1.0, 255), or a pair (low, high) such as (-1, 1).
 DataRange = Union[float, Tuple[float, float]]
@@ -71,20 +72,20 @@ class _DeepFeatureMetric(nn.Module):
     ) -> None:
         super().__init__()
         self.as_loss = bool(as_loss)
-        self.reduction = _checks.check_choice(
-            "reduction", "mean" if reduction is None and as_loss else reduction or "none", _checks.REDUCTIONS
+        self.reduction = checks.check_choice(
+            "reduction", "mean" if reduction is None and as_loss else reduction or "none", checks.REDUCTIONS
         )
-        self.data_range = _checks.check_data_range(data_range)
+        self.data_range = checks.check_data_range(data_range)
         # The range check synchronises with the device, so by default a loss
         # checks its inputs on its first call only; the metric checks every call.
         self.check_range = (not self.as_loss) if check_range is None else bool(check_range)
         self.check_first_call = self.as_loss and check_range is None
         self._inputs_checked = False
-        self.eps = _checks.check_eps(eps)
-        self.backend = _checks.check_choice("backend", backend, _checks.BACKENDS)
-        self.precision = _checks.check_choice("precision", precision, _checks.PRECISIONS)
+        self.eps = checks.check_eps(eps)
+        self.backend = checks.check_choice("backend", backend, checks.BACKENDS)
+        self.precision = checks.check_choice("precision", precision, checks.PRECISIONS)
         if fast is not None and not isinstance(fast, bool):
-            raise TypeError(f"fast: expected True, False or None, got {_checks.describe(fast)}")
+            raise TypeError(f"fast: expected True, False or None, got {checks.describe(fast)}")
         self.fast = fast
         self.trunk_dtype = fastpath.check_trunk_dtype(trunk_dtype)
         # A VGG16Trunk given as `weights` is shared, not copied (one trunk for several metrics).
@@ -121,7 +122,7 @@ class _DeepFeatureMetric(nn.Module):
             return
         for name, image, slack in (("x", x, FIRST_CALL_SLACK[0]), ("y", y, FIRST_CALL_SLACK[1])):
             if image is not None:
-                _checks.check_pixel_range(name, image, self.data_range, slack=0.0 if self.check_range else slack)
+                checks.check_pixel_range(name, image, self.data_range, slack=0.0 if self.check_range else slack)
         self._inputs_checked = True
 
     def _trunk_dtype(self) -> torch.dtype:
@@ -172,7 +173,7 @@ class _DeepFeatureMetric(nn.Module):
             return torch.func.functional_call(self.trunk, weights, (images, mask, fast))
 
     def _precompute(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> ReferenceFeatures:
-        _checks.check_image("y", y, self.levels)
+        checks.check_image("y", y, self.levels)
         self._check_values(y=y)
         fast = self._is_fast(y)
         # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
@@ -184,7 +185,7 @@ class _DeepFeatureMetric(nn.Module):
         self, x: torch.Tensor, ref: ReferenceFeatures, mask_x: Optional[torch.Tensor] = None
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Trunk features of x at every level, and the precomputed reference's, broadcast to x's batch."""
-        _checks.check_image("x", x, self.levels)
+        checks.check_image("x", x, self.levels)
         ref_batch = ref.image_shape[0]
         if len(ref.features) != self.levels:
             raise ValueError(f"y: expected reference features for {self.levels} levels, got {len(ref.features)}")
@@ -257,7 +258,7 @@ class MSDS(_DeepFeatureMetric):
             average pool of the previous). Images need sides of at least
             16 * 2**(L-1) pixels.
         weights: "imagenet", a path to a VGG16 state dict, None for a
-            seeded random trunk (see msds.weights), or a VGG16Trunk to share
+            seeded random trunk (see msds.trunk.weights), or a VGG16Trunk to share
             (for example another metric's `.trunk`: one trunk in memory).
         as_loss: return 1 - score, mean-reduced by default, for training
             (then higher_is_better is False).
@@ -269,13 +270,13 @@ class MSDS(_DeepFeatureMetric):
             every call; False: never.
         fit_fusion: let the fusion logits receive gradients (never with
             as_loss, where every weight is frozen).
-        fusion: a fusion file written by `msds fit` (msds.fusion) whose
+        fusion: a fusion file written by `msds fit` (msds.evaluation.fusion_fit) whose
             logits replace the uniform start.
         eps: the constant c of the tile score.
         backend: head implementation, "auto", "reference" or "triton".
         precision: the kernels' dot precision for float32 features, "tf32x3"
             (default, fp32-accurate), "ieee" or "tf32" (faster; see README).
-        fast: the fast path (True; msds.fastpath says what it does), the
+        fast: the fast path (True; msds.trunk.fastpath says what it does), the
             plain configuration (False: fp32 NCHW trunk of direct
             convolutions, one pass per image, reference head), or None (the
             default): fast for CUDA and CPU tensors, plain otherwise.
@@ -313,7 +314,7 @@ class MSDS(_DeepFeatureMetric):
     ) -> None:
         super().__init__(weights, as_loss, reduction, check_range, eps, backend, precision, fast, trunk_dtype,
                          data_range)
-        self.levels = _checks.check_levels(levels)
+        self.levels = checks.check_levels(levels)
         if fit_fusion and as_loss:
             raise ValueError("fit_fusion: expected False with as_loss=True (a loss keeps its weights frozen), got True")
         logits = torch.zeros(self.levels) if fusion is None else load_fusion(fusion, self.levels)
@@ -350,7 +351,7 @@ class MSDS(_DeepFeatureMetric):
         if isinstance(y, ReferenceFeatures):
             fxs, fys = self._reference_pair(x, y)
         else:
-            _checks.check_images(x, y, self.levels)
+            checks.check_images(x, y, self.levels)
             self._check_values(x, y)
             dtype = self._working_dtype(x.dtype, y.dtype)
             fxs, fys = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype))
@@ -417,7 +418,7 @@ class DeepSSIM(_DeepFeatureMetric):
         """Trunk features of reference images (B_ref, 3, H, W), with their
         saliency masks if any, for reuse as `y` (see MSDS.precompute)."""
         if mask_y is not None:
-            mask_y = _checks.check_mask("mask_y", mask_y, y)
+            mask_y = checks.check_mask("mask_y", mask_y, y)
         return self._precompute(y, mask_y)
 
     def score(
@@ -434,16 +435,16 @@ class DeepSSIM(_DeepFeatureMetric):
         if isinstance(y, ReferenceFeatures):
             if mask_y is not None:
                 raise ValueError("mask_y: expected None with a precomputed reference (give the mask to precompute), "
-                                 f"got {_checks.describe(mask_y)}")
+                                 f"got {checks.describe(mask_y)}")
             if mask_x is not None:
-                mask_x = _checks.check_mask("mask_x", mask_x, x)
+                mask_x = checks.check_mask("mask_x", mask_x, x)
             (fx,), (fy,) = self._reference_pair(x, y, mask_x)
         else:
-            _checks.check_images(x, y, 1)
+            checks.check_images(x, y, 1)
             if mask_x is not None:
-                mask_x = _checks.check_mask("mask_x", mask_x, x)
+                mask_x = checks.check_mask("mask_x", mask_x, x)
             if mask_y is not None:
-                mask_y = _checks.check_mask("mask_y", mask_y, y)
+                mask_y = checks.check_mask("mask_y", mask_y, y)
             self._check_values(x, y)
             dtype = self._working_dtype(x.dtype, y.dtype)
             (fx,), (fy,) = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype), mask_x, mask_y)
