@@ -225,3 +225,25 @@ def test_the_rule_steps_aside_where_it_cannot_behave_as_the_layer(x):
     handle.remove()
     torch.nn.utils.parametrize.register_parametrization(layer, "weight", torch.nn.Identity())
     assert not winograd.applies(wide, layer)
+
+
+def test_scores_and_gradients_do_not_depend_on_the_thread_count(rng):
+    # As on the plain path, bit for bit: torchrun runs each process with one
+    # thread, a lone process takes all the cores, and msds eval promises
+    # both the same file. Three images of 96 x 80 pixels, two levels.
+    x = torch.rand(3, 3, 96, 80, generator=rng)
+    y = (x + 0.1 * torch.rand(x.shape, generator=rng)).clamp(0, 1)
+    model = msds.MSDS(levels=2, weights=None, as_loss=True, reduction="none")
+    default = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            leaf = x.clone().requires_grad_()
+            scores = model.level_scores(leaf, y)
+            scores.sum().backward()
+            results.append((scores, leaf.grad))
+    finally:
+        torch.set_num_threads(default)
+    for threads, (scores, grad) in zip((2, 3), results[1:]):
+        assert torch.equal(scores, results[0][0]) and torch.equal(grad, results[0][1]), threads
