@@ -11,13 +11,14 @@ result is the same convolution; only the rounding differs (the transforms'
 coefficients, up to 8 in size, make it a few times the direct sum's rounding:
 tests/helpers.py bounds it).
 
-The products are one batched GEMM; the transforms are small matmuls and
-strided copies, done in chunks of tiles small enough to stay in cache, in
-buffers reused across chunks. It pays (bench/cpu.py's trunk workloads time
+The products are one batched GEMM, each transform one matrix product over
+every block (by the Kronecker products of the 1-D transforms), done in
+chunks of tiles small enough to stay in cache, in buffers reused across
+chunks, with one strided copy in and one out per chunk. It pays (bench/cpu.py's trunk workloads time
 it beside the direct convolutions) on layers with at least 128 input
 channels; the first layers, 3 or 64 channels wide at full resolution, stay
-direct, as does everything that is not float32 on the CPU, or that would
-need a gradient for the weights (the trunk is frozen).
+direct, as does everything that is not float32 on the CPU; `applies` says
+where else the layer runs as itself.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def matrices(dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Te
     return tuple(torch.tensor(m, dtype=dtype) for m in (_BT, _G, _AT))
 
 
+@functools.lru_cache(maxsize=None)
+def block_matrices(dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B^T (x) B^T (36 x 36) and A^T (x) A^T (16 x 36): each transform of a
+    whole block in one matrix product (exact: their entries are integers)."""
+    bt, _, at = matrices()
+    return torch.kron(bt, bt).to(dtype), torch.kron(at, at).to(dtype)
+
+
 def filter_transform(weight: torch.Tensor) -> torch.Tensor:
     """(C_out, C_in, 3, 3) filters -> (36, C_in, C_out) transformed, in the weight's dtype.
 
@@ -82,8 +91,8 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
     """3x3 convolution, stride 1, zero padding 1, of x (N, C_in, H, W) with
     transformed filters u (36, C_in, C_out), plus bias; channels_last out.
 
-    Each chunk of tiles takes seven operations (one gather, four transform
-    matmuls, the channel products, one scatter): every parallel operation
+    Each chunk of tiles takes five operations (a gather, three matrix
+    products, a scatter): every parallel operation
     synchronises the thread pool, which costs most where other processes
     share the cores. The chunks depend on the shapes alone, never on the
     number of threads, so every sum is split the same way whatever the pool.
@@ -98,7 +107,7 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
     result = torch.empty(n, c_out, OUT * th, OUT * tw, dtype=x.dtype, device=x.device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)
-    bt, _, at = matrices(x.dtype)
+    input_transform, output_transform = block_matrices(x.dtype)
 
     tiles = max(1, CHUNK_ELEMENTS // c)
     if th * tw <= tiles:  # whole images per chunk
@@ -107,9 +116,8 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
         images, rows = 1, max(1, tiles // tw)
     chunk = images * rows * tw
     # Flat buffers, reused by every chunk: each step takes a contiguous prefix.
-    gathered, rows_done, transformed = (x.new_empty(POINTS * chunk * c) for _ in range(3))
+    gathered, transformed = x.new_empty(POINTS * chunk * c), x.new_empty(POINTS * chunk * c)
     products = x.new_empty(POINTS * chunk * c_out)
-    half_back = x.new_empty(OUT * IN * chunk * c_out)
     blocks = x.new_empty(OUT * OUT * chunk * c_out)
     for n0 in range(0, n, images):
         k = min(images, n - n0)
@@ -120,20 +128,18 @@ def convolve(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> 
             windows = xp[n0 : n0 + k, OUT * r0 : OUT * (r0 + rr) + 2].unfold(1, IN, OUT).unfold(2, IN, OUT)
             d = gathered[: POINTS * t * c].view(IN, IN, k, rr, tw, c)
             d.copy_(windows.permute(4, 5, 0, 1, 2, 3))
-            # V = B^T d B, one side at a time; then the 36 channel products.
-            half = torch.mm(bt, d.view(IN, -1), out=rows_done[: POINTS * t * c].view(IN, -1))
-            v = torch.matmul(bt, half.view(IN, IN, -1), out=transformed[: POINTS * t * c].view(IN, IN, -1))
+            # V = B^T d B, then the 36 channel products, then Y = A^T M A: one matrix product each.
+            v = torch.mm(input_transform, d.view(POINTS, -1), out=transformed[: POINTS * t * c].view(POINTS, -1))
             m = torch.bmm(v.view(POINTS, t, c), u, out=products[: POINTS * t * c_out].view(POINTS, t, c_out))
-            # Y = A^T M A, one side at a time; then, in one operation, into the output blocks.
-            zt = torch.mm(at, m.view(IN, -1), out=half_back[: OUT * IN * t * c_out].view(OUT, -1))
-            yt = torch.matmul(at, zt.view(OUT, IN, -1), out=blocks[: OUT * OUT * t * c_out].view(OUT, OUT, -1))
-            yt = yt.view(OUT, OUT, k, rr, tw, c_out)
+            y = torch.mm(output_transform, m.view(POINTS, -1), out=blocks[: OUT * OUT * t * c_out].view(OUT * OUT, -1))
+            # Scatter, in one operation, into the output blocks.
+            y = y.view(OUT, OUT, k, rr, tw, c_out)
             block = out[n0 : n0 + k, OUT * r0 : OUT * (r0 + rr)].view(k, rr, OUT, tw, OUT, c_out)
             block = block.permute(2, 4, 0, 1, 3, 5)
             if bias is None:
-                block.copy_(yt)
+                block.copy_(y)
             else:
-                torch.add(yt, bias, out=block)
+                torch.add(y, bias, out=block)
     if result.shape[2:] != (h, w):
         # A copy, never a view, even where the crop is contiguous (one image, whole rows).
         result = result[:, :, :h, :w].clone(memory_format=torch.channels_last)
