@@ -56,15 +56,6 @@ _AT = ((1, 1, 1, 1, 1, 0),
        (0, 1, -1, 8, -8, 1))
 
 MIN_CHANNELS = 128  # narrower layers run direct (slower by Winograd on a 2-core EPYC)
-# Smaller convolutions run direct. Below 2^28 multiply-adds (9 C_in C_out
-# N H W; about 3 ms of direct convolution on 2 cores) Winograd saves less
-# than its extra parallel operations cost where other processes share the
-# cores (a pad, five per chunk of tiles and the weights' comparison, against
-# the direct convolution's one or two, each a wait for the whole thread
-# pool). Below 1024 output positions (N H W) the weights' comparison, which
-# reads every weight, costs more than a tenth of what Winograd saves.
-MIN_MULTIPLY_ADDS = 2**28
-MIN_POSITIONS = 1024
 # Tiles per chunk times input channels: keeps each chunk's buffers (36 x
 # tiles x channels floats, about 9 MiB) inside the cache and below glibc's
 # mmap threshold, so they are neither refetched nor refaulted per call.
@@ -163,8 +154,7 @@ class FilterTransforms:
     remakes the filters when they differ: no address, version counter or
     checksum can miss an edit (`.data` edits leave the version counter as it
     was, and a freed address is soon reused). The comparison reads the
-    weights and their copy once per call, a small part of the convolution's
-    time where `applies` lets Winograd run (MIN_POSITIONS).
+    weights and their copy once per call: a few milliseconds per pass.
     """
 
     def __init__(self) -> None:
@@ -263,8 +253,9 @@ def applies(x: torch.Tensor, layer: nn.Module) -> bool:
 
     The one place that decides. Winograd runs a wide, frozen 3x3, stride-1,
     padding-1 float32 nn.Conv2d (not a subclass: parametrizations make one)
-    on the CPU, with enough work to pay for its extra operations, and steps
-    aside wherever it could not behave as the layer does: under
+    on the CPU, whatever its size (oneDNN's direct convolutions of one small
+    image split their sums by the thread count; Winograd's never do), and
+    steps aside wherever it could not behave as the layer does: under
     torch.compile and autocast, for weights or a bias that want
     a gradient, that are inference tensors or carry forward-mode tangents,
     for an input that carries them, inside torch.func's transforms, and
@@ -281,8 +272,6 @@ def applies(x: torch.Tensor, layer: nn.Module) -> bool:
         layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.padding == (1, 1)
         and layer.dilation == (1, 1) and layer.groups == 1 and layer.padding_mode == "zeros"
         and bias is not None and layer.in_channels >= MIN_CHANNELS
-        and x.dim() == 4 and x[:, 0].numel() >= MIN_POSITIONS
-        and 9 * layer.in_channels * layer.out_channels * x[:, 0].numel() >= MIN_MULTIPLY_ADDS
         and x.device.type == weight.device.type == bias.device.type == "cpu"
         and x.dtype == weight.dtype == bias.dtype == torch.float32
         and not weight.requires_grad and not bias.requires_grad

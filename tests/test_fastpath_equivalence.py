@@ -16,14 +16,6 @@ from helpers import (record_branches, relative_error, replay_branches, rounding_
 from msds import winograd
 
 SIZE = 32  # every wide layer of the full trunk runs at least 2 x 2
-DEFAULT_THRESHOLDS = {"MIN_MULTIPLY_ADDS": winograd.MIN_MULTIPLY_ADDS, "MIN_POSITIONS": winograd.MIN_POSITIONS}
-
-
-@pytest.fixture(autouse=True)
-def small_layers_by_winograd(monkeypatch):
-    """Winograd however little work a layer has: these tests use small images, for speed."""
-    for name in DEFAULT_THRESHOLDS:
-        monkeypatch.setattr(winograd, name, 0)
 
 
 @pytest.fixture
@@ -235,9 +227,7 @@ def test_the_rule_steps_aside_where_it_cannot_behave_as_the_layer(x):
     assert not winograd.applies(wide, layer)
 
 
-def test_scores_and_gradients_do_not_depend_on_the_thread_count(rng, monkeypatch):
-    for name, value in DEFAULT_THRESHOLDS.items():  # Winograd where it pays: conv2_2 to conv3_3 at level 0
-        monkeypatch.setattr(winograd, name, value)
+def test_scores_and_gradients_do_not_depend_on_the_thread_count(rng):
     # As on the plain path, bit for bit: torchrun runs each process with one
     # thread, a lone process takes all the cores, and msds eval promises
     # both the same file. Three images of 96 x 80 pixels, two levels.
