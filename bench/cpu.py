@@ -18,6 +18,13 @@ the head written as the official code writes it: Gram matrices, unfold into
 LPIPS-VGG, each row with its time as a fraction of LPIPS-VGG's. Peers that
 cannot run here (no torchvision for this torch) are listed with the reason.
 
+`--busy 0 1 2` times the metric and the loss step, plain and fast, and
+the fast path with one thread, while 0, 1 and then 2 other processes keep
+a core busy each (a Python loop that never waits, like a DataLoader worker
+decoding images): the condition of a machine whose cores are shared.
+Smaller shapes (B = 2, 128 x 128), since everything runs several times
+slower there.
+
 `--memory` measures each variant's peak memory instead of its time: the
 growth of the resident set during a call, after one call to warm up. Run
 it with MALLOC_MMAP_THRESHOLD_=65536 in the environment, so that glibc
@@ -34,9 +41,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -133,6 +143,57 @@ def workloads(small: bool = False) -> Dict[str, dict]:
     }
 
 
+def with_threads(threads: int, fn: Variant) -> Variant:
+    """fn run with `threads` threads (the process's count restored after)."""
+    def call() -> object:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return call
+
+
+def loaded_workloads(small: bool = False) -> Dict[str, dict]:
+    """The metric and the loss step, plain and fast, and fast with one thread: for --busy."""
+    batch, size, levels = (1, 64, 2) if small else (2, 128, 3)
+    x, y = images(batch, size)
+    plain, fast = msds.MSDS(levels, weights=None, fast=False), msds.MSDS(levels, weights=None)
+    loss_plain = msds.MSDS(levels, weights=None, as_loss=True, fast=False)
+    loss_fast = msds.MSDS(levels, weights=None, as_loss=True)
+
+    def loss_step(loss_fn: msds.MSDS) -> Variant:
+        def step() -> None:
+            prediction = x.clone().requires_grad_()
+            loss_fn(prediction, y).backward()
+        return step
+
+    metric = {"plain": torch.no_grad()(lambda: plain(x, y)), "fast": torch.no_grad()(lambda: fast(x, y))}
+    loss = {"plain": loss_step(loss_plain), "fast": loss_step(loss_fast)}
+    return {
+        "metric": {"label": f"msds metric B{batch} {size}px L{levels}", "baseline": "plain",
+                   "gflop": 2 * batch * pyramid_gflops(size, levels),
+                   "variants": {**metric, "fast, 1 thread": with_threads(1, metric["fast"])}},
+        "loss-step": {"label": f"loss step B{batch} {size}px L{levels}", "baseline": "plain",
+                      "gflop": 3 * batch * pyramid_gflops(size, levels),
+                      "variants": {**loss, "fast, 1 thread": with_threads(1, loss["fast"])}},
+    }
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` other processes, each keeping one core busy, for the duration."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(1)  # let them start spinning
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def peer_workloads(small: bool = False) -> Dict[str, dict]:
     """The loss step and the no-grad metric of every contender of bench/peers.py,
     on the same images; LPIPS-VGG is the baseline (the official DeepSSIM
@@ -224,6 +285,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true",
                         help="peak memory (resident set growth) of each variant instead of its time; set "
                              "MALLOC_MMAP_THRESHOLD_=65536 in the environment")
+    parser.add_argument("--busy", nargs="+", type=int, metavar="N",
+                        help="time the metric and the loss step with N other processes busy, for each N given")
     parser.add_argument("--only", help="run the workloads whose key contains this text (trunk, head, deepssim, "
                                        "metric, loss-step, peers)")
     args = parser.parse_args()
@@ -238,8 +301,13 @@ def main() -> None:
     report["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     if args.memory and not report["malloc_mmap_threshold"]:
         print("warning: MALLOC_MMAP_THRESHOLD_ is not set; freed heap is reused and growth is understated")
-    selected = {**workloads(args.small), **peer_workloads(args.small)}
-    for key, workload in selected.items():
+    if args.busy:
+        loaded = loaded_workloads(args.small)
+        runs = [(f"{key} {busy}", {**workload, "label": f"{workload['label']}, {busy} busy", "busy": busy})
+                for busy in args.busy for key, workload in loaded.items()]
+    else:
+        runs = list({**workloads(args.small), **peer_workloads(args.small)}.items())
+    for key, workload in runs:
         if args.only and args.only not in key:
             continue
         name = workload["label"]
@@ -253,7 +321,9 @@ def main() -> None:
             continue
         for variant, reason in workload.get("skipped", {}).items():
             print(f"{name:28s} {variant:20s} skipped: {reason}", flush=True)
-        medians = time_in_turns(workload["variants"], args.repetitions, args.calls)
+        with busy_processes(workload.get("busy", 0)):
+            load = os.getloadavg()[0]
+            medians = time_in_turns(workload["variants"], args.repetitions, args.calls)
         base = statistics.median(medians[workload["baseline"]])
         rows = {}
         for variant, values in medians.items():
@@ -268,8 +338,10 @@ def main() -> None:
             extra = f"  {row['gflops']:.0f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul)" if "gflops" in row else ""
             print(f"{name:28s} {variant:20s} {median * 1e3:9.1f} ms  [{min(values) * 1e3:.1f}, "
                   f"{max(values) * 1e3:.1f}]  {median / base:.2f}x {workload['baseline']}{extra}", flush=True)
-        report["workloads"][name] = {key: workload[key] for key in ("baseline", "gflop", "skipped", "implementations")
-                                     if key in workload}
+        report["workloads"][name] = {key: workload[key] for key in ("baseline", "gflop", "skipped", "implementations",
+                                                                    "busy") if key in workload}
+        # The 1-minute load average as timing began: other users of the machine show here too.
+        report["workloads"][name]["load_average_1min"] = load
         report["workloads"][name]["variants"] = rows
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

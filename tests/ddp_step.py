@@ -3,9 +3,9 @@
 Run by tests/test_loss.py as `torchrun --nproc_per_node 2 tests/ddp_step.py OUT`
 (gloo, CPU) and in one plain process as `python tests/ddp_step.py OUT 2`, which
 takes the two ranks' shares of the batch in turn and averages their gradients
-as DDP does. Every process runs one thread, so each share goes through the
-same float32 operations on both sides. Rank 0 saves the restorer's gradients
-of each step and the loss's state.
+as DDP does. Each process runs with the threads its environment gives it.
+Rank 0 saves, at each step, the loss's gradient for the first share's
+restored images and the restorer's gradients, and the loss's state.
 """
 
 import os
@@ -36,13 +36,15 @@ class Training(nn.Module):
         super().__init__()
         self.restorer = Restorer()
         self.loss = msds.MSDS(levels=2, weights=None, as_loss=True)
+        self.loss_grads: list = []
 
     def forward(self, degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.restorer(degraded), clean)
+        restored = self.restorer(degraded)
+        restored.register_hook(lambda grad: self.loss_grads.append(grad.clone()))
+        return self.loss(restored, clean)
 
 
 def main(out: str, shares: int = 1) -> None:
-    torch.set_num_threads(1)
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
         dist.init_process_group("gloo")
@@ -70,7 +72,9 @@ def main(out: str, shares: int = 1) -> None:
     if rank == 0:
         unchanged = all(torch.equal(v, loss_state[k]) for k, v in training.loss.state_dict().items())
         no_grads = all(p.grad is None for p in training.loss.parameters())
-        torch.save({"grads": grads, "loss_unchanged": unchanged, "loss_no_grads": no_grads}, out)
+        loss_grads = training.loss_grads[:: len(mine)]  # the first share's, at each step
+        torch.save({"grads": grads, "loss_grads": loss_grads, "loss_unchanged": unchanged,
+                    "loss_no_grads": no_grads}, out)
     if distributed:
         dist.destroy_process_group()
 

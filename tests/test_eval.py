@@ -65,9 +65,10 @@ def eval_args(folder, out, *extra):
             *extra)
 
 
-def run(command, **kwargs):
-    return subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+def run(command, env=None, **kwargs):
+    """The command's result; one thread unless `env` says otherwise."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if env is None else env
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, **kwargs)
 
 
 def read_rows(path):
@@ -204,10 +205,13 @@ def test_distorted_images_of_other_sizes_than_their_reference(tmp_path):
 
 
 def test_two_processes_write_the_same_file_as_one(tmp_path):
+    # Each side with its default threads, as users run them: the one process
+    # with all the cores', each of torchrun's two with one (torchrun's default).
     write_dataset(tmp_path, references=5, retarget=True)
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    assert run(msds_command(*eval_args(tmp_path, one))).returncode == 0
-    result = run(msds_command(*eval_args(tmp_path, two), torchrun=True))
+    default_threads = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    assert run(msds_command(*eval_args(tmp_path, one)), env=default_threads).returncode == 0
+    result = run(msds_command(*eval_args(tmp_path, two), torchrun=True), env=default_threads)
     assert result.returncode == 0, result.stderr[-3000:]
     assert one.read_bytes() == two.read_bytes()
     assert not list(tmp_path.glob("two.csv.part*"))

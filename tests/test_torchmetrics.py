@@ -87,14 +87,17 @@ def test_metric_collection_and_clone(rng):
 
 
 def test_two_processes_sync_to_the_single_process_value(tmp_path):
-    # Both runs score in child processes with the same thread count, so the
-    # batches' float32 scores are the same and only the split differs.
+    # Both runs score in child processes with their default threads (all the
+    # cores for one process, one each for two): the batches' float32 scores
+    # do not depend on the thread count, so only the split differs.
+    env = subprocess_env()
+    env.pop("OMP_NUM_THREADS", None)
     values = {}
     for processes in (1, 2):
         out = tmp_path / f"synced{processes}.pt"
         run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc_per_node={processes}", str(HERE / "metric_sync.py"), str(out)],
-                             env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+                             env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         synced = torch.load(out)
         assert synced["world"] == processes

@@ -109,7 +109,7 @@ def test_copies_remake_the_filters(rng):
     x = torch.randn(1, 4, 8, 8, generator=rng, dtype=torch.float64)
     winograd.conv3x3(x, layer, transforms)
     for copy in (pickle.loads(pickle.dumps(transforms)), deepcopy(transforms)):
-        assert copy._forward is None and copy._stamp is None
+        assert copy._forward is None and copy._source is None
         assert relative_error(winograd.conv3x3(x, layer, copy), direct(x, layer)) <= 1e-12
 
 

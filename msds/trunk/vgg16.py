@@ -68,6 +68,21 @@ class VGG16Trunk(nn.Module):
     def train(self, mode: bool = True) -> "VGG16Trunk":
         return super().train(False)  # frozen: always in eval mode
 
+    def clear_winograd_filters(self) -> None:
+        """Free the fast path's Winograd filters (remade from the weights on next use).
+
+        Moving or casting the trunk (`.to`, `.double()`, `.half()`, ...) frees
+        them too; weight edits need nothing: every use compares the weights
+        with those the filters were made from.
+        """
+        self._winograd.clear()
+
+    def _apply(self, fn, recurse=True):
+        # Every dtype and device change comes through here (also from a parent module's `.to`).
+        if hasattr(self, "_winograd"):
+            self.clear_winograd_filters()
+        return super()._apply(fn, recurse)
+
     def _init_random(self) -> None:
         generator = torch.Generator().manual_seed(RANDOM_SEED)
         for layer in self.features:
