@@ -13,7 +13,7 @@ import torch
 import msds
 from helpers import (record_branches, relative_error, replay_branches, rounding_rtol, score_atol, trunk_terms,
                      winograd_growth)
-from msds import winograd
+from msds.trunk import winograd
 
 SIZE = 32  # every wide layer of the full trunk runs at least 2 x 2
 
@@ -22,7 +22,7 @@ SIZE = 32  # every wide layer of the full trunk runs at least 2 x 2
 def trunk(monkeypatch):
     """A short trunk, for speed: conv1_1 and, after a max-pool, three 3x3
     convolutions of 128 channels, the last two wide enough for Winograd."""
-    monkeypatch.setattr(msds.backbone, "LAYOUT", [64, "M", 128, 128, 128])
+    monkeypatch.setattr(msds.trunk.vgg16, "LAYOUT", [64, "M", 128, 128, 128])
     return msds.VGG16Trunk(None)
 
 
@@ -147,7 +147,7 @@ def test_hooks_on_the_layer_and_global_ones_run(trunk, x):
 
 
 def test_a_trunk_built_in_inference_mode(monkeypatch, x):
-    monkeypatch.setattr(msds.backbone, "LAYOUT", [64, "M", 128, 128, 128])
+    monkeypatch.setattr(msds.trunk.vgg16, "LAYOUT", [64, "M", 128, 128, 128])
     with torch.inference_mode():
         trunk = msds.VGG16Trunk(None)
     # Inference tensors: the layers run as modules, as on the plain path.
