@@ -36,6 +36,25 @@ def build_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+_random_weights: Dict[tuple, List[torch.Tensor]] = {}
+
+
+def random_weights() -> List[torch.Tensor]:
+    """The seeded random initialisation's conv weights, drawn once per process
+    and layout (He initialisation, as torchvision's VGG; biases are zero)."""
+    layout = tuple(LAYOUT)
+    if layout not in _random_weights:
+        generator = torch.Generator().manual_seed(RANDOM_SEED)
+        weights, in_channels = [], 3
+        for item in layout:
+            if item != "M":
+                std = (2.0 / (item * 9)) ** 0.5  # fan_out of a 3x3 convolution
+                weights.append(torch.randn((item, in_channels, 3, 3), generator=generator) * std)
+                in_channels = item
+        _random_weights[layout] = weights
+    return _random_weights[layout]
+
+
 class VGG16Trunk(nn.Module):
     """Images (B, 3, H, W) in [0, 1] -> relu5_1 features (B, 512, H/16, W/16).
 
@@ -53,7 +72,9 @@ class VGG16Trunk(nn.Module):
         # Kept in float64 and cast at use, so a float64 trunk normalises exactly.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1), persistent=False)
-        self.features = build_features()
+        with torch.device("meta"):  # no default initialisation: every weight is written below
+            self.features = build_features()
+        self.features.to_empty(device="cpu")
         state = resolve_weights(weights)
         self.pretrained = state is not None
         if state is None:
@@ -84,14 +105,13 @@ class VGG16Trunk(nn.Module):
         return super()._apply(fn, recurse)
 
     def _init_random(self) -> None:
-        generator = torch.Generator().manual_seed(RANDOM_SEED)
-        for layer in self.features:
-            if isinstance(layer, nn.Conv2d):
-                fan_out = layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
-                std = (2.0 / fan_out) ** 0.5  # He initialisation, as torchvision's VGG
-                with torch.no_grad():
-                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
-                    layer.bias.zero_()
+        with torch.no_grad():
+            for layer, weight in zip(self.convolutions(), random_weights()):
+                layer.weight.copy_(weight)
+                layer.bias.zero_()
+
+    def convolutions(self) -> List[nn.Conv2d]:
+        return [layer for layer in self.features if isinstance(layer, nn.Conv2d)]
 
     def _load(self, state: StateDict) -> None:
         expected = self.trunk_state_dict()
