@@ -1,7 +1,10 @@
 """Test inputs and the environment of child processes."""
 
+import contextlib
+import io
 import math
 import os
+import subprocess
 import platform
 import sys
 from pathlib import Path
@@ -225,3 +228,29 @@ def replay_branches(model) -> None:
     for layer in model.trunk.features:
         if isinstance(layer, _BranchLayer):
             layer.replaying = True
+
+
+def run_msds(*args, env=None) -> subprocess.CompletedProcess:
+    """`msds ARGS` in this process through msds.cli.main (what the entry point
+    calls), with `env` added to the environment: its exit status, stdout and
+    stderr as a subprocess would report them. It saves a child's start-up
+    (importing torch); an uncaught exception fails the calling test, as a
+    traceback on stderr would. The entry point itself is tested as a command."""
+    import msds.cli
+
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = msds.cli.main([str(a) for a in args])
+            except SystemExit as exit_:
+                status = exit_.code
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["msds", *args], status, stdout.getvalue(), stderr.getvalue())

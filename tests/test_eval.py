@@ -20,7 +20,7 @@ from scipy import optimize, stats
 
 import msds
 from msds.evaluation import correlation
-from helpers import read_rgb
+from helpers import read_rgb, run_msds
 from msds.cli import demo
 
 STRENGTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
@@ -66,7 +66,11 @@ def eval_args(folder, out, *extra):
 
 
 def run(command, env=None, **kwargs):
-    """The command's result; one thread unless `env` says otherwise."""
+    """The command's result: `msds ...` in this process (at its default thread
+    count), under torchrun in child processes (one thread each unless `env`
+    says otherwise)."""
+    if command[:3] == [sys.executable, "-m", "msds"] and not kwargs:
+        return run_msds(*command[3:])
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if env is None else env
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, **kwargs)
 
