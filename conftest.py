@@ -14,6 +14,7 @@ turn into skips there.
 
 import os
 import zlib
+from pathlib import Path
 
 DEVICE = os.environ.get("MSDS_TEST_DEVICE", "cpu")
 if not DEVICE.startswith("cuda"):
@@ -43,9 +44,16 @@ def pytest_collection_modifyitems(config, items) -> None:
     """Mark every test that takes the device fixture: `-m device` selects them
     (bench.gpu_check runs exactly these on the GPU). Without --full, leave
     out the full tier's tests (deselected, not skipped: they did not run)."""
+    bench = Path(__file__).resolve().parent / "bench"
+    # The benchmarks' smoke runs are in the full tier, unless bench/ was named
+    # (`pytest bench --benchmark-enable` times them).
+    named = config.args_source != pytest.Config.ArgsSource.TESTPATHS and any(
+        bench == path or bench in path.parents for path in (Path(arg.split("::")[0]).resolve() for arg in config.args))
     for item in items:
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
+        if not named and bench in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.full)
     if config.getoption("--full"):
         return
     quick = [item for item in items if item.get_closest_marker("full") is None]

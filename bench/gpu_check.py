@@ -84,7 +84,7 @@ def run_pytest(arguments: list, smoke: bool, timeout: float) -> subprocess.Compl
 
 def device_tests(smoke: bool) -> list:
     """Every test that takes the device fixture (pytest -m device), by node id."""
-    listed = run_pytest(["tests", "-m", "device", "--collect-only"], smoke, timeout=120)
+    listed = run_pytest(["tests", "--full", "-m", "device", "--collect-only"], smoke, timeout=120)
     return [line for line in listed.stdout.splitlines() if "::" in line]
 
 
@@ -97,7 +97,7 @@ def run_tests(smoke: bool) -> dict:
     if not smoke and importlib.util.find_spec("xdist") is not None:
         selection += ["-n", "8"]  # the tests are mostly kernel compilation, which is CPU-bound
     started = time.time()
-    result = run_pytest(["tests", "-m", "device", *selection], smoke, timeout=300)
+    result = run_pytest(["tests", "--full", "-m", "device", *selection], smoke, timeout=300)
     lines = result.stdout.strip().splitlines()
     summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line),
                    lines[-1] if lines else result.stderr.strip()[-500:])

@@ -34,6 +34,7 @@ def test_official_baseline_head_gives_the_true_scores(size, rng):
     np.testing.assert_allclose(got.double().numpy(), deepssim_head(fx, fy), rtol=0, atol=1e-6)
 
 
+@pytest.mark.full
 def test_plot_from_a_benchmark_file(tmp_path):
     results = tmp_path / "results.json"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench/bench_end_to_end.py",

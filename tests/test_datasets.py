@@ -218,6 +218,7 @@ def test_xlsx_reader_reads_shared_strings_numbers_and_gaps(tmp_path):
         read_xlsx(tmp_path / "t.xlsx", "nope")
 
 
+@pytest.mark.full
 def test_eval_on_a_dataset_folder_end_to_end(tmp_path):
     # As a user would: msds eval --dataset tid2013 ROOT, JSON out, twice with
     # the same seed (byte-identical), the dataset's direction reported.

@@ -82,6 +82,7 @@ def test_lite_normalises_each_gram_by_its_own_size(rng):
     assert lite_head(fx, fy)[0] == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.full
 def test_fast_path_and_kernels_with_different_sizes(rng):
     # Separate trunk passes where sizes differ; the Triton head (interpreter) reads them in place.
     require_triton()

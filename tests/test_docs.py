@@ -19,6 +19,9 @@ from PIL import Image
 import msds
 from helpers import ROOT, subprocess_env
 
+# The full tier (pytest --full; CI).
+pytestmark = pytest.mark.full
+
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 RUNNABLE = {"python": "python", "bash": "shell", "sh": "shell", "shell": "shell"}

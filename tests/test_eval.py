@@ -130,6 +130,7 @@ def test_eval_writes_every_pair_and_correct_correlations(tmp_path):
     assert float(written[3]["score"]) == pytest.approx(model(x, y).item(), abs=1e-6)
 
 
+@pytest.mark.full
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
     write_dataset(tmp_path, references=8, size=64, retarget=True)
     whole = tmp_path / "whole.csv"
@@ -158,6 +159,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout)["scored"] == 40
 
 
+@pytest.mark.full
 def test_corrupt_image_is_named_or_skipped_and_reported(tmp_path):
     _, rows = write_dataset(tmp_path, references=3)
     (tmp_path / "ref1_d2.png").write_bytes(b"not a png")
@@ -191,6 +193,7 @@ def load(path):
     return read_rgb(path, torch.float32)
 
 
+@pytest.mark.full
 def test_distorted_images_of_other_sizes_than_their_reference(tmp_path):
     _, rows = write_dataset(tmp_path, references=2, retarget=True)
     out = tmp_path / "out.csv"
@@ -208,6 +211,7 @@ def test_distorted_images_of_other_sizes_than_their_reference(tmp_path):
     assert len(sizes) == 4  # the batches really mixed sizes
 
 
+@pytest.mark.full
 def test_two_processes_write_the_same_file_as_one(tmp_path):
     # Each side with its default threads, as users run them: the one process
     # with all the cores', each of torchrun's two with one (torchrun's default).
@@ -234,6 +238,7 @@ def write_level_scores(path, references=30, per_reference=6, seed=0):
                 writer.writerow([f"r{r}.png", f"r{r}_{k}.png", f"{mos:.3f}", np.mean(levels), *levels])
 
 
+@pytest.mark.full
 def test_fit_improves_held_out_correlation_and_loads_into_msds(tmp_path):
     scores = tmp_path / "scores.csv"
     write_level_scores(scores)
@@ -261,6 +266,7 @@ def test_split_keeps_references_whole():
     assert test.any() and train.any()
 
 
+@pytest.mark.full
 def test_plot_of_mos_against_score(tmp_path):
     _, rows = write_dataset(tmp_path, references=3)
     out, png = tmp_path / "out.csv", tmp_path / "plots" / "mos.png"
@@ -273,6 +279,7 @@ def test_plot_of_mos_against_score(tmp_path):
         assert image.format == "PNG" and image.size == (2100, 400)
 
 
+@pytest.mark.full
 def test_progress_bar_on_a_terminal_and_silence_otherwise(tmp_path):
     import fcntl
     import pty
@@ -340,6 +347,7 @@ def test_a_straight_line_stands_in_and_slopes_the_same_way():
                                np.polyval(np.polyfit(scores, rising, 1), scores))
 
 
+@pytest.mark.full
 def test_eval_reports_intervals_comparisons_and_a_column_the_user_added(tmp_path):
     # A finished results file, extended by the user with another metric's
     # column, is analysed again with --compare: every column gets intervals,
@@ -389,6 +397,7 @@ def write_dataset_scores(path, carrier, references, seed, dmos=False):
                 writer.writerow([f"r{r}.png", f"r{r}_{k}.png", f"{mos:.4f}", np.mean(levels), *levels])
 
 
+@pytest.mark.full
 def test_fit_across_datasets_favours_the_level_that_carries_the_signal(tmp_path):
     # Two training files (one MOS, one DMOS, other scales) and a test file,
     # level 2 carrying the signal in all three.
@@ -412,6 +421,7 @@ def test_fit_across_datasets_favours_the_level_that_carries_the_signal(tmp_path)
     assert f"test {files[2]} (50 pairs, 10 references):" in shown.stdout and "fitted against level 0" in shown.stdout
 
 
+@pytest.mark.full
 def test_fit_by_k_fold_over_contents(tmp_path):
     scores = tmp_path / "scores.csv"
     write_dataset_scores(scores, 1, references=18, seed=4)

@@ -9,6 +9,9 @@ import pytest
 
 from helpers import ROOT, subprocess_env
 
+# The full tier (pytest --full; CI).
+pytestmark = pytest.mark.full
+
 
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path / "check.json"

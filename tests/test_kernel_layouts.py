@@ -140,6 +140,7 @@ def test_both_gradients_match_reference_autograd(config, channels, sizes, rng, d
         torch.testing.assert_close(g.cpu(), leaf.grad, rtol=1e-9, atol=1e-12 * leaf.grad.abs().max().item())
 
 
+@pytest.mark.full
 def test_new_options_pass_gradcheck(rng, device):
     # Forward through small levels, backward with both images from one launch
     # and rows in registers, against finite differences of the kernels' own forward.

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import msds
@@ -18,6 +19,7 @@ def pair(generator, shape=(2, 3, 32, 32)):
     return pred, target
 
 
+@pytest.mark.full
 def test_two_process_ddp_matches_one_process(tmp_path):
     env = subprocess_env()
     env.pop("OMP_NUM_THREADS", None)  # torchrun's default: one thread per process

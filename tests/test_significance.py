@@ -62,6 +62,7 @@ def test_content_resampling_matches_a_direct_loop():
         assert (got["low"], got["high"]) == pytest.approx((low, high), rel=1e-12), name
 
 
+@pytest.mark.full
 def test_intervals_cover_the_true_correlation_about_95_percent_of_the_time():
     # Bivariate normal, rho = 0.6: Spearman's population correlation is
     # (6 / pi) asin(rho / 2). 150 simulated datasets of 100 pairs: the share
@@ -78,6 +79,7 @@ def test_intervals_cover_the_true_correlation_about_95_percent_of_the_time():
     assert abs(hits / sims - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / sims), hits / sims
 
 
+@pytest.mark.full
 def test_paired_p_values_are_near_uniform_under_the_null():
     # Two columns that predict the MOS equally well (the same signal plus
     # independent noise of the same size): p-values spread evenly over
@@ -97,6 +99,7 @@ def test_paired_p_values_are_near_uniform_under_the_null():
     assert stats.kstest(p_values, "uniform").pvalue > 0.001
 
 
+@pytest.mark.full
 def test_a_real_difference_is_found():
     # Column a carries the signal with a tenth of b's noise: b is worse by
     # every test, and the table says so both ways.
@@ -201,6 +204,7 @@ def test_variance_test_enumerates_every_sign_pattern():
 
 
 @pytest.mark.parametrize("shared", [0.0, 0.8])
+@pytest.mark.full
 def test_equally_good_columns_with_clustered_residuals_are_rejected_about_5_percent(shared):
     # 800 simulated datasets of 20 contents x 5 pairs, residuals clustered by
     # content (independent, or strongly correlated errors): the classic
@@ -224,6 +228,7 @@ def test_holm_against_the_step_down_by_hand():
     assert significance.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+@pytest.mark.full
 def test_five_equally_good_columns_give_a_spurious_entry_in_at_most_5_percent_of_tables():
     # 5 columns (10 pairs), each the opinion score plus noise of the same
     # size, one pair per content: with Holm's adjustment the chance of any

@@ -10,6 +10,9 @@ import pytest
 
 from helpers import require_triton, subprocess_env
 
+# The full tier (pytest --full; CI).
+pytestmark = pytest.mark.full
+
 require_triton()
 
 HERE = Path(__file__).parent

@@ -86,6 +86,7 @@ def test_metric_collection_and_clone(rng):
     torch.testing.assert_close(collection.compute()["msds"], values["msds"])  # the original is untouched
 
 
+@pytest.mark.full
 def test_two_processes_sync_to_the_single_process_value(tmp_path):
     # Both runs score in child processes with their default threads (all the
     # cores for one process, one each for two): the batches' float32 scores

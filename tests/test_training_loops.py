@@ -25,7 +25,7 @@ SALIENT_X = torch.ones(2, 1, 16, 20, dtype=torch.bool)
 SALIENT_X[:, :, 5:10] = False
 SALIENT_Y = torch.ones(2, 1, 18, 16, dtype=torch.bool)
 SALIENT_Y[:, :, :, 3:9] = False
-# Every pair of dtypes for one form on one path; for the rest, the pairs that
+# Every pair of dtypes for one form on one path (full tier); for the rest, the pairs that
 # exercise each branch of the rule (16-bit against float32, 16-bit against
 # 16-bit of the other kind, anything against float64).
 ALL_PAIRS = [(a, b) for a in FLOAT_DTYPES for b in FLOAT_DTYPES]
@@ -54,8 +54,18 @@ def common_dtype(*dtypes):
 @pytest.mark.parametrize("name,module,call,levels", scorers(), ids=[s[0] for s in scorers()])
 def test_mixed_dtypes_score_as_both_cast_to_the_working_dtype(name, module, call, levels, fast):
     module.fast = fast
+    check_pairs(module, call, levels, SOME_PAIRS)
+
+
+@pytest.mark.full
+def test_every_pair_of_dtypes_for_msds_on_the_fast_path():
+    _, module, call, levels = scorers()[0]
+    check_pairs(module, call, levels, ALL_PAIRS)
+
+
+def check_pairs(module, call, levels, pairs):
     x, y = pair_of_size(levels)
-    for x_dtype, y_dtype in ALL_PAIRS if (name, fast) == ("msds", True) else SOME_PAIRS:
+    for x_dtype, y_dtype in pairs:
         xd, yd = x.to(x_dtype), y.to(y_dtype)
         working = common_dtype(x_dtype, y_dtype)
         # The images as both cast by hand: the exact same computation.
@@ -88,6 +98,7 @@ def test_a_16_bit_prediction_under_autocast_matches_the_float32_cast(pair, autoc
     assert abs(value.item() - reference.item()) <= score_atol(12, autocast_dtype)
 
 
+@pytest.mark.full
 def test_mixed_dtypes_under_torch_compile(pair):
     loss_fn = msds.MSDS(levels=2, weights=None, as_loss=True)
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
@@ -225,11 +236,13 @@ def denoiser():
                                torch.nn.Conv2d(16, 3, 3, padding=1))
 
 
-LOOPS = [("bf16", torch.bfloat16, False, False), ("fp16 + GradScaler", torch.float16, True, False),
-         ("bf16 channels_last", torch.bfloat16, False, True)]
+LOOPS = [pytest.param("bf16", torch.bfloat16, False, False, id="bf16"),
+         pytest.param("fp16 + GradScaler", torch.float16, True, False, id="fp16 + GradScaler", marks=pytest.mark.full),
+         pytest.param("bf16 channels_last", torch.bfloat16, False, True, id="bf16 channels_last",
+                      marks=pytest.mark.full)]
 
 
-@pytest.mark.parametrize("case,dtype,scaled,channels_last", LOOPS, ids=[c[0] for c in LOOPS])
+@pytest.mark.parametrize("case,dtype,scaled,channels_last", LOOPS)
 def test_a_model_trains_under_autocast(case, dtype, scaled, channels_last, device):
     """A denoiser's 16-bit output against a float32 target, as a training loop feeds the loss."""
     noisy, clean = denoising_batch(device)
