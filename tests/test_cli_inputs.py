@@ -10,6 +10,8 @@ import csv
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import urllib.error
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 
 import msds
 import msds.cli.commands
+from helpers import subprocess_env
 
 
 def write_image(path, seed, size=(40, 36)):
@@ -187,3 +190,48 @@ def test_weights_labels_say_what_was_read(files, capsys, monkeypatch, tmp_path):
     assert json.loads(out)["weights"] == f"env MSDS_VGG16_WEIGHTS={weights} (sha256 {digest})"
     _, out, _ = run_cli(capsys, *score, "--weights", "random")
     assert json.loads(out)["weights"].startswith("random")
+
+
+def test_saliency_masks_pair_by_stem_and_missing_ones_are_skipped(tmp_path, capsys):
+    refs, dists, ref_masks, dist_masks = (tmp_path / name for name in ("r", "d", "mr", "md"))
+    for folder in (refs, dists, ref_masks, dist_masks):
+        folder.mkdir()
+    mask = np.zeros((36, 40), np.uint8)
+    mask[5:30, 5:30] = 255
+    for stem in ("a", "b"):
+        write_image(refs / f"{stem}.png", 1)
+        write_image(dists / f"{stem}.jpg", 2)
+        Image.fromarray(mask).save(ref_masks / f"{stem}.png")
+    Image.fromarray(mask).save(dist_masks / "a.png")  # a PNG mask for a JPEG image; b's is missing
+    status, out, err = run_cli(capsys, "score", refs, dists, "--metric", "deepssim", "--weights", "random",
+                               "--saliency", ref_masks, dist_masks, "--skip-bad", "--format", "csv")
+    assert status == 0, err
+    assert [row.split(",")[1].rsplit("/", 1)[1] for row in out.splitlines()[1:]] == ["a.jpg"]
+    assert "md/b.jpg: no such file (DIST saliency mask" in err and "scored 1 of 2 pairs (1 skipped)" in err
+
+
+def test_out_that_cannot_be_written_is_one_line(files, capsys, tmp_path):
+    score = [a.format(**files) for a in SCORE]
+    for target in (tmp_path / "no" / "such" / "x.csv", tmp_path):
+        status, out, err = run_cli(capsys, *score, "--format", "csv", "--out", target)
+        assert status == 1 and err.splitlines()[-1].startswith("msds: error: --out: cannot write"), err
+        assert "Traceback" not in err
+
+
+def test_a_transparent_image_warns_in_one_line(files, capsys, tmp_path):
+    rgba = np.full((36, 40, 4), 128, np.uint8)
+    rgba[:5, :5, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    # A real command: pytest records warnings in-process instead of printing them.
+    result = subprocess.run([sys.executable, "-m", "msds", "score", str(files["ref"]), str(tmp_path / "rgba.png"),
+                             *LEVEL1, "--json"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    status, err = result.returncode, result.stderr
+    assert status == 0, err
+    (line,) = [line for line in err.splitlines() if "not fully opaque" in line]
+    assert line.startswith("msds: warning: ") and line.endswith("the colours stored under them")
+    assert "images.py" not in err  # no source listing
+
+
+def test_json_and_another_format_conflict(files, capsys):
+    status, _, err = run_cli(capsys, *[a.format(**files) for a in SCORE], "--json", "--format", "csv")
+    assert status == 1 and "--json: is --format json, got --format csv too" in err

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -21,7 +22,7 @@ from msds.evaluation.datasets import DatasetError, read_dataset
 from msds.evaluation.scoring import dataset_pairs, evaluate, opinion_record, progress_bar, read_pairs
 from msds.evaluation.fusion_fit import (FusionError, fit_across_datasets, fit_fusion, fit_k_fold, read_level_scores, save_fusion,
                          settle_direction)
-from msds.images import ImageError, load_image_for, load_mask, pair_paths, to_image
+from msds.images import ImageError, files_by_stem, load_image_for, load_mask, pair_paths, to_image
 from msds.metric.modules import MSDS, DeepSSIM
 from msds.trunk.vgg16 import save_trimmed_weights
 from msds.trunk.weights import WeightsArg, WeightsError, weights_label, weights_record
@@ -142,16 +143,19 @@ def score_deepssim_pair(model: DeepSSIM, cache: ReferenceCache, ref: Path, dist:
     return model(x.to(device), reference, mask_x).double().cpu()
 
 
-def mask_pairs(pairs: Sequence[Tuple[Path, Path]], ref_mask: Path, dist_mask: Path) -> List[Tuple[Path, Path]]:
-    """The saliency masks of each (reference, distorted) pair: the given files, or
-    files of the same names in the given folders."""
+def mask_finder(ref_mask: Path, dist_mask: Path):
+    """(reference, distorted) -> their saliency mask files: the given files, or
+    in the given folders the mask of the image's stem, whatever its extension
+    (a JPEG-distorted image's mask is often a PNG). ImageError if one is missing."""
+    folders = {mask: files_by_stem(mask) for mask in (ref_mask, dist_mask) if mask.is_dir()}
+
     def mask_for(image: Path, mask: Path, role: str) -> Path:
-        path = mask / image.name if mask.is_dir() else mask
+        path = folders[mask].get(image.stem, mask / image.name) if mask.is_dir() else mask
         if not path.is_file():
             raise ImageError(f"{path}: no such file ({role} saliency mask for {image})")
         return path
 
-    return [(mask_for(ref, ref_mask, "REF"), mask_for(dist, dist_mask, "DIST")) for ref, dist in pairs]
+    return lambda ref, dist: (mask_for(ref, ref_mask, "REF"), mask_for(dist, dist_mask, "DIST"))
 
 
 def run_score(args: argparse.Namespace) -> None:
@@ -159,6 +163,8 @@ def run_score(args: argparse.Namespace) -> None:
     if args.saliency and metric != "deepssim":
         raise CommandError(f"--saliency: applies to --metric deepssim (the saliency-calibrated DeepSSIM), "
                            f"got --metric {metric}")
+    if args.json and args.format not in ("table", "json"):
+        raise CommandError(f"--json: is --format json, got --format {args.format} too")
     output_format = "json" if args.json else args.format
     pairs = pair_paths(Path(args.ref), Path(args.dist))
     if metric == "msds":
@@ -177,13 +183,13 @@ def run_score(args: argparse.Namespace) -> None:
             return score_deepssim_pair(model, cache, ref, dist, masks, args.device)
 
         header, levels = [METRIC_NAMES[metric]], None
-    masks = mask_pairs(pairs, *map(Path, args.saliency)) if args.saliency else [None] * len(pairs)
+    masks_of = mask_finder(*map(Path, args.saliency)) if args.saliency else lambda ref, dist: None
     label = trunk_label(model, args.weights)
     results, skipped = [], []
     with progress_bar(len(pairs), enabled=len(pairs) > 1 and not args.no_progress) as bar:
-        for (ref, dist), pair_masks in zip(pairs, masks):
+        for ref, dist in pairs:
             try:
-                results.append((ref, dist, score(ref, dist, pair_masks)))
+                results.append((ref, dist, score(ref, dist, masks_of(ref, dist))))
             except ImageError as err:
                 if not args.skip_bad:
                     raise
@@ -199,7 +205,10 @@ def run_score(args: argparse.Namespace) -> None:
         raise CommandError(f"no pair could be scored ({len(skipped)} skipped)")
     text = format_scores(results, output_format, metric, header, levels, label, bool(args.saliency))
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as err:
+            raise CommandError(f"--out: cannot write {args.out} ({err.strerror or err}); the results were not saved")
         print(f"results in {args.out}", file=sys.stderr)
     else:
         print(text)
@@ -264,7 +273,7 @@ def run_demo(args: argparse.Namespace) -> None:
         ]
         print(json.dumps({"weights": trunk_label(model, args.weights), "levels": args.levels, "rows": rows}, indent=2))
         return
-    print(f"MSDS demo: a generated {args.size}x{args.size} reference against four distortions of rising strength")
+    print(f"MSDS demo: a generated {args.size}x{args.size} reference against four distortions at four strengths each")
     print(f"trunk weights: {trunk_label(model, args.weights)}; levels: {args.levels}; device: {args.device}\n")
     rows = [[name, strength, *(f"{v:.6f}" for v in s.tolist())] for (name, strength), s in zip(labels, table)]
     print(format_table(["distortion", "strength", *level_header(args.levels)], rows))
@@ -596,11 +605,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"msds: warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
+    shown, warnings.formatwarning = warnings.formatwarning, one_line_warning  # a line, not a source listing
     try:
         args.run(args)
     except (CommandError, ImageError, WeightsError, DatasetError, FusionError, plots.PlotError) as err:
         print(f"msds: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown
     return 0

@@ -190,11 +190,14 @@ def check_mask(name: str, mask: object, image: torch.Tensor) -> torch.Tensor:
     on_values = (1,) + on_values
     binary = [bool((salient <= (mask == value)).all()) for value in on_values]
     if not any(binary):
-        found = torch.unique(mask[salient])[:4].tolist()
         allowed = "1 or 255" if mask.dtype == torch.uint8 else "1"
+        found = torch.unique(mask[salient])
+        others = [v for v in found.tolist() if v not in on_values]
+        got = (f"other values (e.g. {', '.join(f'{v:g}' for v in others[:4])})" if others
+               else "both 1 and 255 for salient pixels (use one)")
         raise ValueError(
-            f"{name}: expected a binary mask (0 = not salient, {allowed} = salient), got other values "
-            f"(e.g. {', '.join(f'{v:g}' for v in found)}); threshold a soft saliency map first"
+            f"{name}: expected a binary mask (0 = not salient, {allowed} = salient), got {got}; "
+            "threshold a soft saliency map first"
         )
     empty = (~salient).flatten(1).all(1)
     if bool(empty.any()):

@@ -93,7 +93,8 @@ def load_state_dict(path: Union[str, "os.PathLike[str]"], source: str = "weights
     """Read a state dict of tensors from `path`, with errors that name the file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightsError(f"{source}: no such weights file: {path}")
+        raise WeightsError(f"{source}: no such weights file: {path} (weights are 'imagenet', the path of a "
+                           "VGG16 state dict, or None for a random trunk)")
     expected = ("expected a VGG16 state dict of tensors saved by torch.save, such as torchvision's "
                 f"{IMAGENET_FILENAME} or a file written by `msds trim-weights`")
     try:
