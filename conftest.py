@@ -23,6 +23,7 @@ if not DEVICE.startswith("cuda"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests import interpreter  # noqa: E402
 from tests.helpers import TRITON_IS_A_DEPENDENCY  # noqa: E402
 
 
@@ -33,6 +34,8 @@ def pytest_sessionstart(session) -> None:
         except Exception as error:  # a broken install raises more than ImportError
             pytest.exit(f"triton cannot be imported ({type(error).__name__}: {error}); on Linux x86_64 "
                         "msds needs it: pip install -e \".[test]\"", returncode=1)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        interpreter.patch_once()  # same results, a fraction of the time (tests/interpreter.py)
 
 
 def pytest_addoption(parser) -> None:

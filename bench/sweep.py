@@ -39,6 +39,11 @@ from bench.common import CHANNELS, peak_extra_memory, relu_like, synchronize  # 
 from msds.kernels import gram_ssim as kernels  # noqa: E402
 from msds.kernels.gram_ssim import Config  # noqa: E402
 
+if __name__ == "__main__" and "--smoke" in sys.argv:
+    from tests import interpreter
+
+    interpreter.patch_once()  # the same results under the interpreter, sooner (tests/interpreter.py)
+
 EPS = 1e-6
 LEVELS_256 = [(16, 16), (8, 8), (4, 4)]      # relu5_1 maps of a 3-level pyramid of 256 x 256 images
 LEVELS_1024 = [(64, 64), (32, 32), (16, 16)]  # the same for 1024 x 1024
