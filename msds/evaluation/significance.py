@@ -89,7 +89,28 @@ def _statistics(scores: np.ndarray, mos: np.ndarray, wanted: Sequence[str],
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's correlation by its definition, Pearson's of the average ranks
     (scipy's spearmanr computes the same with more overhead per call)."""
-    ranks_a, ranks_b = stats.rankdata(a), stats.rankdata(b)
+    return _pearson_of_ranks(stats.rankdata(a), stats.rankdata(b))
+
+
+def _spearman_draws(scores: np.ndarray, mos: np.ndarray, samples: List[np.ndarray]) -> np.ndarray:
+    """_statistics's SRCC of each sample (pair indices; None for a degenerate
+    resample), with the samples of one length ranked in one call: ranking
+    dominates, and its per-call overhead most of all."""
+    draws = np.full(len(samples), np.nan)
+    by_length: Dict[int, List[int]] = {}
+    for r, picked in enumerate(samples):
+        if picked is not None:
+            by_length.setdefault(len(picked), []).append(r)
+    for rows in by_length.values():
+        picked = np.stack([samples[r] for r in rows])
+        ranks_a, ranks_b = stats.rankdata(scores[picked], axis=1), stats.rankdata(mos[picked], axis=1)
+        for r, a, b in zip(rows, ranks_a, ranks_b):
+            if a.min() < a.max() and b.min() < b.max():  # else constant: NaN, as in _statistics
+                draws[r] = _pearson_of_ranks(a, b)
+    return draws
+
+
+def _pearson_of_ranks(ranks_a: np.ndarray, ranks_b: np.ndarray) -> float:
     ranks_a -= ranks_a.mean()
     ranks_b -= ranks_b.mean()
     return float(ranks_a @ ranks_b / np.sqrt((ranks_a @ ranks_a) * (ranks_b @ ranks_b)))
@@ -130,13 +151,18 @@ def bootstrap(columns: Mapping[str, Sequence[float]], mos: Sequence[float], grou
         # its own, so it converges in a few steps.
         needs_fit = finite.sum() >= 3 and not set(statistics) <= {"srcc", "krcc"}
         start = getattr(fit_mapping(scores[finite], mos[finite])[0], "params", None) if needs_fit else None
+        samples = [None if single[r] or len(picked) < 3 else picked
+                   for r, picked in enumerate(picked[finite[picked]] for picked in indices)]
         draws = {stat: np.empty(resamples) for stat in statistics}
-        for r, picked in enumerate(indices):
-            picked = picked[finite[picked]]
-            drawn = nothing if single[r] or len(picked) < 3 else \
-                _statistics(scores[picked], mos[picked], statistics, start)
-            for stat, value in drawn.items():
-                draws[stat][r] = value
+        # Rank statistics need no fit: SRCC's draws are made all together.
+        together = ["srcc"] if set(statistics) <= {"srcc", "krcc"} and "srcc" in statistics else []
+        if together:
+            draws["srcc"] = _spearman_draws(scores, mos, samples)
+        rest = [stat for stat in statistics if stat not in together]
+        for r, picked in enumerate(samples if rest else ()):
+            drawn = nothing if picked is None else _statistics(scores[picked], mos[picked], rest, start)
+            for stat in rest:
+                draws[stat][r] = drawn[stat]
         entry = {}
         for stat in statistics:
             finite = draws[stat][np.isfinite(draws[stat])]
