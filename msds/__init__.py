@@ -14,14 +14,14 @@ from pathlib import Path
 def _adopt_checkout_kernels() -> None:
     """Make kernels/ importable as msds.kernels when running from a source checkout.
 
-    Installed copies (editable or not) place it there already; a bare checkout
-    on a machine where nothing can be installed has it beside msds/ instead.
+    A checkout has kernels/ beside msds/: that folder is taken first, so a
+    checkout run with PYTHONPATH uses its own kernels even where another
+    tree is installed (an editable install maps msds.kernels to the tree it
+    was made from). Installed copies place the kernels under msds/ instead.
     """
-    if importlib.util.find_spec("msds.kernels") is not None:
-        return
     folder = Path(__file__).resolve().parent.parent / "kernels"
-    if not (folder / "__init__.py").is_file():
-        return
+    if not (folder / "__init__.py").is_file() or not (folder / "gram_ssim.py").is_file():
+        return  # installed: msds.kernels is found the usual way
     spec = importlib.util.spec_from_file_location(
         "msds.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
     )

@@ -11,9 +11,15 @@ about two thirds of a C = 512 forward and backward under the interpreter.
 `patch_once()` makes a helper call patch only language modules the launch
 has not patched yet, and undoes those with the launch. The kernels run the
 same NumPy operations in the same order: tests/test_interpreter.py checks
-bit for bit against the unmodified interpreter. It touches nothing unless
-triton's interpreter has the function it wraps, with the behaviour it
-expects, so another triton release runs at its own speed, never wrongly.
+bit for bit against the unmodified interpreter, and that a launch leaves
+the language as it found it, on every triton CI runs (3.6 and the newest).
+
+What it relies on, read in triton 3.6 and 3.9: `_patch_lang(fn)` is called
+once when a launch starts, whose scope the launch restores in a `finally`,
+and once per helper call inside it. It wraps nothing unless a
+`_patch_lang(fn)` exists; where a release changes the rest,
+test_interpreter.py fails (it asserts the wrapper is installed and exact)
+rather than letting the suite run on a different interpreter unnoticed.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import ast
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,7 +108,9 @@ OLD_PATHS = [("msds.metric", "MSDS", "msds.metric.modules"), ("msds.backbone", "
              ("msds.significance", "variance_test", "msds.evaluation.significance"),
              ("msds.analysis", "analyse", "msds.evaluation.analysis"),
              ("msds.plots", "save_eval_plot", "msds.evaluation.plots"), ("msds.demo", "reference_image", "msds.cli.demo"),
-             ("msds.cli", "main", "msds.cli.commands"), ("msds.images", "load_image", "msds.images")]
+             ("msds.cli", "main", "msds.cli.commands"), ("msds.cli", "make_parser", "msds.cli.commands"),
+             ("msds.cli", "CommandError", "msds.cli.commands"), ("msds.cli", "run_score", "msds.cli.commands"),
+             ("msds.metric", "FIRST_CALL_SLACK", "msds.metric.modules"), ("msds.images", "load_image", "msds.images")]
 
 
 @pytest.mark.parametrize("old,name,new", OLD_PATHS, ids=[f"{o}.{n}" for o, n, _ in OLD_PATHS])
@@ -124,3 +127,22 @@ def test_old_paths_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_checkout_runs_its_own_kernels():
+    """From a checkout, msds.kernels is the kernels/ folder beside msds/, even
+    where an editable install of another tree maps msds.kernels elsewhere."""
+    import msds
+    import msds.kernels.ops
+
+    tree = Path(msds.__file__).resolve().parent.parent
+    assert Path(msds.kernels.ops.__file__).resolve() == tree / "kernels" / "ops.py"
+
+
+def test_unknown_names_of_the_old_modules_still_raise():
+    import msds.cli
+    import msds.metric
+
+    for module in (msds.cli, msds.metric):
+        with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+            module.not_a_name
