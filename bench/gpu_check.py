@@ -77,8 +77,12 @@ def device_env(smoke: bool) -> dict:
 
 
 def run_pytest(arguments: list, smoke: bool, timeout: float) -> subprocess.CompletedProcess:
-    """pytest in a child process on the check's device; a timeout is reported, not raised."""
+    """pytest in a child process on the check's device; a timeout is reported, not raised.
+
+    The limits budget a card's command; the CPU smoke run (the interpreter,
+    on a machine that may be busy with other tests) gets ten times as long."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments]
+    timeout = 10 * timeout if smoke else timeout
     try:
         return subprocess.run(command, cwd=ROOT, env=device_env(smoke), capture_output=True, text=True,
                               timeout=timeout)
