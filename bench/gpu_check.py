@@ -129,7 +129,7 @@ def trunk_features(model: msds.MSDS, size: int, device: torch.device, pairs: int
 
 def precision_table(device: torch.device, smoke: bool) -> dict:
     """Max and mean |score - float64 score| of each mode on realistic features."""
-    size, levels, pairs = (32, 2, 2) if smoke else (256, 3, 16)
+    size, levels, pairs = (32, 2, 1) if smoke else (256, 3, 16)
     model, weights = msds.MSDS(levels=levels, weights=None).to(device), "random"  # nothing to download
     xs, ys = trunk_features(model, size, device, pairs)
     truth = reference.multiscale_scores([f.double() for f in xs], [f.double() for f in ys], 1e-6)
@@ -187,7 +187,10 @@ def compile_check(device: torch.device, smoke: bool) -> dict:
         results.append((value.detach(), x.grad))
     (eager_value, eager_grad), (value, grad) = results
     x64 = pred.double().requires_grad_()
-    copy.deepcopy(loss_fn).double()(x64, target.double()).backward()
+    exact = copy.deepcopy(loss_fn).double()
+    if smoke:  # the interpreter's float64 kernels at C = 512 take long; the reference head is as exact
+        exact.backend = "reference"
+    exact(x64, target.double()).backward()
 
     def relative(g: torch.Tensor) -> float:
         return ((g.double() - x64.grad).abs().max() / x64.grad.abs().max()).item()

@@ -61,7 +61,7 @@ def msds_command(*args, torchrun=False):
 def eval_args(folder, out, *extra):
     # A few bootstrap resamples keep each run short; the intervals' numbers are tested in test_significance.py.
     return ("eval", "--csv", str(folder / "data.csv"), "--root", str(folder), "--out", str(out),
-            "--weights", "random", "--levels", "2", "--batch-size", "2", "--no-progress", "--resamples", "30",
+            "--weights", "random", "--levels", "2", "--batch-size", "2", "--no-progress", "--resamples", "10",
             *extra)
 
 
@@ -362,7 +362,8 @@ def test_eval_reports_intervals_comparisons_and_a_column_the_user_added(tmp_path
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "psnr": f"{float(row['mos']) / 3 + rng.normal(0, 2):.4f}"})
-    result = run(msds_command(*eval_args(tmp_path, out, "--compare", "psnr", "score", "--json")))
+    # 30 resamples: with fewer, a percentile interval may miss the full sample's value.
+    result = run(msds_command(*eval_args(tmp_path, out, "--compare", "psnr", "score", "--json", "--resamples", "30")))
     assert result.returncode == 0, result.stderr
     analysis = json.loads(result.stdout)["analysis"]
     assert list(analysis["intervals"]["columns"]) == ["score", "level0", "level1", "psnr"]
