@@ -47,6 +47,19 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(MOVED[module.__name__])
 
 
+def names_now_in(package: str, module: str):
+    """The __getattr__ of a package that was once a module: the old module's
+    other names, now defined in `module`, still reachable as package.NAME."""
+
+    def __getattr__(name: str):
+        target = importlib.import_module(module)
+        if not name.startswith("__") and hasattr(target, name):
+            return getattr(target, name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def install() -> None:
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
         sys.meta_path.append(MovedModuleFinder())

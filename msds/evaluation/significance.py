@@ -149,16 +149,16 @@ def bootstrap(columns: Mapping[str, Sequence[float]], mos: Sequence[float], grou
         full = _statistics(scores[finite], mos[finite], statistics) if finite.sum() >= 3 else nothing
         # Each resample's logistic starts from the full sample's fit: close to
         # its own, so it converges in a few steps.
-        needs_fit = finite.sum() >= 3 and not set(statistics) <= {"srcc", "krcc"}
+        rank_only = set(statistics) <= {"srcc", "krcc"}  # no logistic fit needed
+        needs_fit = finite.sum() >= 3 and not rank_only
         start = getattr(fit_mapping(scores[finite], mos[finite])[0], "params", None) if needs_fit else None
         samples = [None if single[r] or len(picked) < 3 else picked
                    for r, picked in enumerate(picked[finite[picked]] for picked in indices)]
         draws = {stat: np.empty(resamples) for stat in statistics}
-        # Rank statistics need no fit: SRCC's draws are made all together.
-        together = ["srcc"] if set(statistics) <= {"srcc", "krcc"} and "srcc" in statistics else []
+        together = rank_only and "srcc" in statistics  # SRCC's draws made all at once
         if together:
             draws["srcc"] = _spearman_draws(scores, mos, samples)
-        rest = [stat for stat in statistics if stat not in together]
+        rest = [stat for stat in statistics if not (together and stat == "srcc")]
         for r, picked in enumerate(samples if rest else ()):
             drawn = nothing if picked is None else _statistics(scores[picked], mos[picked], rest, start)
             for stat in rest:

@@ -2,15 +2,8 @@
 dispatch (head.py), the plain PyTorch head that is also the oracle's twin
 (reference.py), the image pyramid, the fusion file, and the argument checks."""
 
-import importlib
-
+from msds._moved import names_now_in
 from msds.metric.modules import MSDS, DataRange, DeepSSIM, ReferenceFeatures  # noqa: F401
 
-
-def __getattr__(name: str):
-    """The other names of the old msds/metric.py module (FIRST_CALL_SLACK, ...),
-    now in msds.metric.modules, still reachable here."""
-    modules = importlib.import_module("msds.metric.modules")
-    if not name.startswith("__") and hasattr(modules, name):
-        return getattr(modules, name)
-    raise AttributeError(f"module 'msds.metric' has no attribute {name!r}")
+# The other names of the old msds/metric.py module (FIRST_CALL_SLACK, ...).
+__getattr__ = names_now_in(__name__, "msds.metric.modules")
