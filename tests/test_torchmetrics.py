@@ -93,6 +93,7 @@ def test_two_processes_sync_to_the_single_process_value(tmp_path):
     # do not depend on the thread count, so only the split differs.
     env = subprocess_env()
     env.pop("OMP_NUM_THREADS", None)
+    env["MSDS_FIXED_THREADS"] = "1"  # the default count even where other processes keep cores busy
     values = {}
     for processes in (1, 2):
         out = tmp_path / f"synced{processes}.pt"

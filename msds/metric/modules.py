@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import ContextManager, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from msds.metric import checks
-from msds.trunk import fastpath
+from msds.trunk import fastpath, threads
 from msds.trunk.vgg16 import VGG16Trunk
 from msds.metric.fusion_file import load_fusion
 from msds.metric.head import lite_score, multiscale_gram_ssim
@@ -131,6 +131,11 @@ class _DeepFeatureMetric(nn.Module):
     def _is_fast(self, images: torch.Tensor) -> bool:
         return fastpath.is_fast(self.fast, images.device)
 
+    def _on_free_cores(self, x: object) -> ContextManager[threads.Scope]:
+        """The CPU fast path's forward and backward on the cores other processes leave free (msds.trunk.threads)."""
+        cpu = isinstance(x, torch.Tensor) and x.device.type == "cpu"
+        return threads.on_free_cores(cpu and self._is_fast(x))
+
     def _backend(self, fast: bool) -> str:
         return self.backend if fast else "reference"
 
@@ -176,9 +181,10 @@ class _DeepFeatureMetric(nn.Module):
         checks.check_image("y", y, self.levels)
         self._check_values(y=y)
         fast = self._is_fast(y)
-        # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
-        features = tuple(self._run_trunk(level, fast, mask if index == 0 else None).contiguous()
-                         for index, level in enumerate(self._pyramid(y, self._working_dtype(y.dtype))))
+        with self._on_free_cores(y):
+            # Contiguous (NCHW) so that a broadcast batch stays a view for the kernels.
+            features = tuple(self._run_trunk(level, fast, mask if index == 0 else None).contiguous()
+                             for index, level in enumerate(self._pyramid(y, self._working_dtype(y.dtype))))
         return ReferenceFeatures(features, tuple(y.shape), y.dtype, y.device)
 
     def _reference_pair(
@@ -348,15 +354,18 @@ class MSDS(_DeepFeatureMetric):
                 whatever the sizes. Each image needs sides of at least
                 16 * 2**(L-1) pixels.
         """
-        if isinstance(y, ReferenceFeatures):
-            fxs, fys = self._reference_pair(x, y)
-        else:
-            checks.check_images(x, y, self.levels)
-            self._check_values(x, y)
-            dtype = self._working_dtype(x.dtype, y.dtype)
-            fxs, fys = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype))
-        backend = self._backend(self._is_fast(x))
-        return multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=backend, precision=self.precision)
+        with self._on_free_cores(x) as cores:
+            x, y = cores.images(x, y)
+            if isinstance(y, ReferenceFeatures):
+                fxs, fys = self._reference_pair(x, y)
+            else:
+                checks.check_images(x, y, self.levels)
+                self._check_values(x, y)
+                dtype = self._working_dtype(x.dtype, y.dtype)
+                fxs, fys = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype))
+            backend = self._backend(self._is_fast(x))
+            return cores.scores(multiscale_gram_ssim(fxs, fys, eps=self.eps, backend=backend,
+                                                     precision=self.precision))
 
     def fuse(self, level_scores: torch.Tensor) -> torch.Tensor:
         """(B, L) level scores -> (B,) fused scores."""
@@ -432,26 +441,29 @@ class DeepSSIM(_DeepFeatureMetric):
 
         `y` may be the ReferenceFeatures of `precompute` (its mask applied there).
         """
-        if isinstance(y, ReferenceFeatures):
-            if mask_y is not None:
-                raise ValueError("mask_y: expected None with a precomputed reference (give the mask to precompute), "
-                                 f"got {checks.describe(mask_y)}")
-            if mask_x is not None:
-                mask_x = checks.check_mask("mask_x", mask_x, x)
-            (fx,), (fy,) = self._reference_pair(x, y, mask_x)
-        else:
-            checks.check_images(x, y, 1)
-            if mask_x is not None:
-                mask_x = checks.check_mask("mask_x", mask_x, x)
-            if mask_y is not None:
-                mask_y = checks.check_mask("mask_y", mask_y, y)
-            self._check_values(x, y)
-            dtype = self._working_dtype(x.dtype, y.dtype)
-            (fx,), (fy,) = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype), mask_x, mask_y)
-        if self.lite:
-            return lite_score(fx, fy, self.eps)
-        backend = self._backend(self._is_fast(x))
-        return multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=backend, precision=self.precision)[:, 0]
+        with self._on_free_cores(x) as cores:
+            x, y = cores.images(x, y)
+            if isinstance(y, ReferenceFeatures):
+                if mask_y is not None:
+                    raise ValueError("mask_y: expected None with a precomputed reference (give the mask to "
+                                     f"precompute), got {checks.describe(mask_y)}")
+                if mask_x is not None:
+                    mask_x = checks.check_mask("mask_x", mask_x, x)
+                (fx,), (fy,) = self._reference_pair(x, y, mask_x)
+            else:
+                checks.check_images(x, y, 1)
+                if mask_x is not None:
+                    mask_x = checks.check_mask("mask_x", mask_x, x)
+                if mask_y is not None:
+                    mask_y = checks.check_mask("mask_y", mask_y, y)
+                self._check_values(x, y)
+                dtype = self._working_dtype(x.dtype, y.dtype)
+                (fx,), (fy,) = self._pair_features(self._pyramid(x, dtype), self._pyramid(y, dtype), mask_x, mask_y)
+            if self.lite:
+                return cores.scores(lite_score(fx, fy, self.eps))
+            backend = self._backend(self._is_fast(x))
+            return cores.scores(multiscale_gram_ssim([fx], [fy], eps=self.eps, backend=backend,
+                                                     precision=self.precision)[:, 0])
 
     def forward(
         self,

@@ -7,8 +7,9 @@ by timing them (benchmark mode, scoped to the trunk call) and the head is the
 fused Triton kernel where it can run; on the CPU the head is the reference,
 channels_last applies to float32 and 16-bit images (oneDNN's fast
 convolutions; float64 stays NCHW, which oneDNN does not take), the float32
-trunk's wide convolutions run by Winograd (msds.trunk.winograd), and the trunk
-runs a few images per pass. Plain: NCHW
+trunk's wide convolutions run by Winograd (msds.trunk.winograd), the trunk
+runs a few images per pass, and the forward and backward run on the cores
+other processes leave free (msds.trunk.threads). Plain: NCHW
 trunk, each image in its own pass, the reference head; the baseline every
 benchmark compares against.
 """
