@@ -23,15 +23,16 @@ procs_running 3
 
 
 def test_busy_seconds_from_proc_stat():
-    # cpu0: user 100 + system 20 + irq 1 + softirq 2 + steal 3 = 126 ticks (nice 50, idle, iowait left
-    # out); cpu2: 200 + 30 + 4 + 6 + 10 = 250; cpu1 and the total line are not among the CPUs asked for.
-    assert threads.cpu_busy_seconds(STAT, frozenset({0, 2}), 100, with_nice=False) == pytest.approx(3.76)
-    assert threads.cpu_busy_seconds(STAT, frozenset({0, 2}), 100, with_nice=True) == pytest.approx(4.26)
-    assert threads.cpu_busy_seconds(STAT, frozenset({1}), 50, with_nice=False) == pytest.approx(35 / 50)
+    # cpu0: user 100 + nice 50 + system 20 + irq 1 + softirq 2 + steal 3 = 176 ticks (idle and iowait
+    # left out); cpu2: 200 + 0 + 30 + 4 + 6 + 10 = 250; cpu1 and the total line are not among the CPUs
+    # asked for.
+    assert threads.cpu_busy_seconds(STAT, frozenset({0, 2}), 100) == pytest.approx(4.26)
+    assert threads.cpu_busy_seconds(STAT, frozenset({1}), 50) == pytest.approx(42 / 50)
 
 
 @pytest.mark.parametrize("free, torch_threads, expected", [
-    (2.0, 2, 2), (1.6, 2, 2), (1.33, 2, 1), (0.2, 2, 1), (-1.0, 4, 1), (15.2, 8, 8), (6.5, 8, 7), (3.0, 1, 1),
+    (2.0, 2, 2), (1.8, 2, 2), (1.7, 2, 1), (1.33, 2, 1), (0.2, 2, 1), (-1.0, 4, 1), (15.2, 8, 8),
+    (6.8, 8, 7), (6.7, 8, 6), (3.0, 1, 1),
 ])
 def test_threads_for_the_free_cores(free, torch_threads, expected):
     assert threads.threads_for(free, torch_threads) == expected
@@ -57,10 +58,17 @@ def test_threads_never_lowered_without_proc_stat_or_when_switched_off(tmp_path, 
     load.others = 5.0
     assert load.sample() is None
     assert load.threads(4) == 4
-    monkeypatch.setenv("MSDS_FIXED_THREADS", "1")
-    load = threads.CoreLoad()
-    load.others = 5.0
-    assert load.threads(4) == 4
+    for value in ("1", "true", "Yes", "on"):
+        monkeypatch.setenv("MSDS_FIXED_THREADS", value)
+        load = threads.CoreLoad()
+        load.others = 5.0
+        assert load.threads(4) == 4, value
+    for value in ("0", "false", "No", "off", ""):
+        monkeypatch.setenv("MSDS_FIXED_THREADS", value)
+        assert threads.CoreLoad().enabled, value
+    monkeypatch.setenv("MSDS_FIXED_THREADS", "maybe")
+    with pytest.raises(ValueError, match="MSDS_FIXED_THREADS: expected 1, true.*got 'maybe'"):
+        threads.CoreLoad()
 
 
 @pytest.fixture
@@ -154,6 +162,16 @@ def test_a_backward_that_fails_midway_leaves_the_count_lowered_until_the_next_ca
     with torch.no_grad():
         model(x, y)
     assert torch.get_num_threads() == 2
+    # A count the program set after the failure is its own: kept.
+    loss = model(x, y)
+    monkeypatch.setattr(winograd, "convolve", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        loss.backward()
+    torch.set_num_threads(3)
+    monkeypatch.setattr(winograd, "convolve", convolve)
+    with torch.no_grad():
+        model(x, y)
+    assert torch.get_num_threads() == 3
 
 
 def test_the_plain_path_and_the_other_devices_keep_torch_setting(two_threads, busy_machine, thread_counts, rng):
