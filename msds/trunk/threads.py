@@ -5,9 +5,10 @@ Torch splits each parallel operation over torch.get_num_threads() threads
 and waits for the slowest. Where another process keeps one of the cores
 busy (a DataLoader worker, a second job), one of those threads is often
 descheduled and every operation waits a time slice for it: on the 2-core
-development machine, with one other busy process, both paths ran 10 to 30
-times slower than on the idle machine, and one thread was 5 to 9 times
-faster than two (docs/benchmarks.md, "On busy cores").
+development machine, with one or two other busy processes, the plain path's
+two threads ran 2.7 to 11 times slower than on the idle machine (10 to 30
+times in an earlier run), and the fast path pinned to one thread took 0.21
+to 0.50 times its time (docs/benchmarks.md, "On busy cores").
 
 So the fast path measures, during its own calls, how much of its CPUs other
 processes used (Linux's /proc/stat, less this process's own CPU time), and
@@ -16,8 +17,8 @@ torch's setting, never more, and at least one. Its results do not depend on
 the thread count, bit for bit (tests/test_fastpath_equivalence.py), so this
 changes only the time. Torch's setting is restored after each forward and
 backward. Where /proc/stat cannot be read (not Linux), the count is never
-lowered; MSDS_FIXED_THREADS=1 in the environment (or `LOAD.enabled = False`)
-keeps torch's count everywhere, as the plain path does.
+lowered; MSDS_FIXED_THREADS=1 in the environment when msds is imported (or
+`LOAD.enabled = False`) keeps torch's count everywhere, as the plain path does.
 """
 
 from __future__ import annotations
