@@ -40,10 +40,13 @@ def test_threads_for_the_free_cores(free, torch_threads, expected):
 
 def test_the_load_is_averaged_over_a_window_of_the_fast_paths_own_time(monkeypatch):
     load = threads.CoreLoad()
-    # (wall, busy CPU seconds of our CPUs, our own CPU seconds) at the start and end of three calls.
-    samples = iter([(10.0, 50.0, 5.0), (10.1, 50.15, 5.05),    # 0.1 s: not yet a window
-                    (11.0, 60.0, 6.0), (11.15, 60.4, 6.1),     # 0.25 s in all: busy 0.55, own 0.15
-                    (12.0, 70.0, 7.0), (12.5, 70.5, 7.5)])     # one call of 0.5 s, all of it our own
+    cpus, pid = frozenset({0, 1}), os.getpid()
+    # (wall, busy CPU seconds of our CPUs, our own CPU seconds) at the start and end of each call.
+    counters = [(10.0, 50.0, 5.0), (10.1, 50.15, 5.05),    # 0.1 s: not yet a window
+                (11.0, 60.0, 6.0), (11.15, 60.4, 6.1),     # 0.25 s in all: busy 0.55, own 0.15
+                (12.0, 70.0, 7.0), (12.5, 70.5, 7.5),      # one call of 0.5 s, all of it our own
+                (13.0, 80.0, 8.0), (13.5, 81.0, 1.0)]      # a forked child: left out
+    samples = iter([threads.Sample(*c, cpus, pid) for c in counters[:-1]] + [threads.Sample(*counters[-1], cpus, 1)])
     monkeypatch.setattr(load, "sample", lambda: next(samples))
     load.record(load.sample())
     assert load.others == 0.0
@@ -51,6 +54,8 @@ def test_the_load_is_averaged_over_a_window_of_the_fast_paths_own_time(monkeypat
     assert load.others == pytest.approx((0.55 - 0.15) / 0.25)
     load.record(load.sample())
     assert load.others == pytest.approx(0.0)
+    load.record(load.sample())
+    assert load.others == pytest.approx(0.0) and load._window == (0.0, 0.0, 0.0)
 
 
 def test_threads_never_lowered_without_proc_stat_or_when_switched_off(tmp_path, monkeypatch):
@@ -196,14 +201,20 @@ def test_compiles_without_the_lowering(two_threads, busy_machine, rng):
 @pytest.mark.skipif(not os.path.exists(threads.STAT) or not hasattr(os, "sched_setaffinity"),
                     reason="needs Linux's /proc/stat and sched_setaffinity")
 def test_another_busy_process_is_measured():
-    load = threads.CoreLoad()
     cpu = min(os.sched_getaffinity(0))
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         os.sched_setaffinity(spinner.pid, {cpu})  # on one of our CPUs, where it competes with us
         time.sleep(0.2)  # started and spinning
+        # Before the first call: from the load's making (msds's import) on.
+        first = threads.CoreLoad()
+        time.sleep(2 * threads.WINDOW_S)  # building a model, say; idle here: all the CPU used is others'
+        first.before_first_call()
+        # During the fast path's calls.
+        load = threads.CoreLoad()
+        load.before_first_call()  # too soon for a window: nothing measured
         start = load.sample()
-        time.sleep(2 * threads.WINDOW_S)  # the fast path's own time, idle here: all the CPU used is others'
+        time.sleep(2 * threads.WINDOW_S)  # the fast path's own time, idle here too
         load.record(start)
     finally:
         spinner.kill()
@@ -211,5 +222,6 @@ def test_another_busy_process_is_measured():
     # The spinner alone keeps its core busy while this process sleeps (whatever else shares the
     # machine counts as others too).
     cores = len(os.sched_getaffinity(0))
-    assert 0.75 <= load.others <= cores + 0.1
-    assert load.threads(cores) == max(1, cores - 1) if load.others < 1.5 else load.threads(cores) < cores
+    for measured in (first, load):
+        assert 0.75 <= measured.others <= cores + 0.1
+        assert measured.threads(cores) == max(1, cores - 1) if measured.others < 1.5 else measured.threads(cores) < cores

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from typing import ContextManager, FrozenSet, Iterator, List, Optional, Tuple
+from typing import ContextManager, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.autograd import forward_ad
@@ -82,6 +82,14 @@ def fixed_threads_requested() -> bool:
                      f"false, no, off or unset (fewer threads on busy cores), got {value!r}")
 
 
+class Sample(NamedTuple):
+    wall: float  # seconds, time.perf_counter
+    busy: float  # CPU seconds the CPUs below spent busy, by anyone, since boot
+    own: float  # this process's CPU seconds
+    cpus: FrozenSet[int]  # the CPUs it may run on
+    pid: int
+
+
 class CoreLoad:
     """How many of this process's CPUs other processes keep busy, measured
     while the fast path runs (between `sample()` and `record(start)`)."""
@@ -93,35 +101,47 @@ class CoreLoad:
         self.others = 0.0  # cores' worth of CPU time other processes used in the last full window
         self.readable = True
         self.enabled = not fixed_threads_requested()
+        # The first call's estimate spans the time from here (msds's import)
+        # to that call: building the model, loading data.
+        self._first_window = self.sample()
 
     def cpus(self) -> FrozenSet[int]:
         return frozenset(os.sched_getaffinity(0))
 
-    def sample(self) -> Optional[Tuple[float, float, float]]:
-        """(wall time, busy CPU seconds of this process's CPUs, this process's CPU seconds), or None."""
+    def sample(self) -> Optional[Sample]:
+        """The counters now, or None where they cannot be read."""
         if not self.readable:
             return None
         try:
             with open(self._stat_path) as file:
                 stat = file.read()
-            busy = cpu_busy_seconds(stat, self.cpus(), os.sysconf("SC_CLK_TCK"))
+            cpus = self.cpus()
+            busy = cpu_busy_seconds(stat, cpus, os.sysconf("SC_CLK_TCK"))
         except (OSError, ValueError, AttributeError):  # no /proc/stat, sched_getaffinity or sysconf
             self.readable = False
             return None
-        return time.perf_counter(), busy, time.process_time()
+        return Sample(time.perf_counter(), busy, time.process_time(), cpus, os.getpid())
 
-    def record(self, start: Optional[Tuple[float, float, float]]) -> None:
+    def record(self, start: Optional[Sample]) -> None:
         """Add the time since `start` to the window; past WINDOW_S, update `others`."""
         end = self.sample() if start is not None else None
         if end is None:
             return
+        if (end.pid, end.cpus) != (start.pid, start.cpus):
+            return  # a forked child (its CPU time restarts) or other CPUs: the counters do not compare
         with self._lock:
-            wall, busy, own = (total + e - s for total, e, s in zip(self._window, end, start))
+            wall, busy, own = (total + e - s for total, e, s in zip(self._window, end[:3], start[:3]))
             if wall < WINDOW_S:
                 self._window = (wall, busy, own)
                 return
             self._window = (0.0, 0.0, 0.0)
             self.others = max(0.0, busy - own) / wall
+
+    def before_first_call(self) -> None:
+        """Take the time since this object was made as the first window."""
+        start, self._first_window = self._first_window, None
+        if start is not None:
+            self.record(start)
 
     def threads(self, torch_threads: int) -> int:
         """How many of torch's `torch_threads` to run on now."""
@@ -240,6 +260,7 @@ def on_free_cores(active: bool) -> ContextManager[Scope]:
 
 @contextmanager
 def _on_free_cores() -> Iterator[Scope]:
+    LOAD.before_first_call()
     start = LOAD.sample()
     torch_threads = torch.get_num_threads()
     threads = LOAD.threads(torch_threads)
