@@ -10,8 +10,8 @@ two threads ran 2.7 to 11 times slower than on the idle machine (10 to 30
 times in an earlier run), and the fast path pinned to one thread took 0.21
 to 0.50 times its time (docs/benchmarks.md, "On busy cores").
 
-So the fast path measures, during its own calls, how much of its CPUs other
-processes used (Linux's /proc/stat, less this process's own CPU time), and
+So the fast path measures, during its own calls (and for the first one,
+since msds was imported), how much of its CPUs other processes used (Linux's /proc/stat, less this process's own CPU time), and
 runs its forward and its backward on the cores left free: fewer threads than
 torch's setting, never more, and at least one. Its results do not depend on
 the thread count, bit for bit (tests/test_fastpath_equivalence.py), so this
