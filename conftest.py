@@ -43,10 +43,16 @@ def pytest_addoption(parser) -> None:
                      help="run the full tier too: the tests marked full (CI runs them; see README, Testing)")
 
 
+# The full tier's files whose time is almost all the Triton interpreter's.
+INTERPRETER_BOUND = {"test_triton_backward.py", "test_triton_forward.py", "test_kernel_layouts.py",
+                     "test_interpreter.py"}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark every test that takes the device fixture: `-m device` selects them
     (bench.gpu_check runs exactly these on the GPU). Without --full, leave
-    out the full tier's tests (deselected, not skipped: they did not run)."""
+    out the full tier's tests (deselected, not skipped: they did not run);
+    with it, run the interpreter-bound files first."""
     bench = Path(__file__).resolve().parent / "bench"
     # The benchmarks' smoke runs are in the full tier, unless bench/ was named
     # (`pytest bench --benchmark-enable` times them).
@@ -58,6 +64,12 @@ def pytest_collection_modifyitems(config, items) -> None:
         if not named and bench in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.full)
     if config.getoption("--full"):
+        # The kernels' interpreter-bound files first, the rest in their usual
+        # order: they keep one core busy (the interpreter is plain Python), and
+        # beside them CI's second job (the oldest pair's checks, the same kind
+        # of work) keeps the other; the tests that spread over every core
+        # (convolutions, child processes) then find the cores free.
+        items.sort(key=lambda item: Path(str(item.path)).name not in INTERPRETER_BOUND)
         return
     quick = [item for item in items if item.get_closest_marker("full") is None]
     if len(quick) < len(items):
