@@ -6,9 +6,9 @@ and waits for the slowest. Where another process keeps one of the cores
 busy (a DataLoader worker, a second job), one of those threads is often
 descheduled and every operation waits a time slice for it: on the 2-core
 development machine, with one or two other busy processes, the plain path's
-two threads ran 2.7 to 11 times slower than on the idle machine (10 to 30
-times in an earlier run), and the fast path pinned to one thread took 0.21
-to 0.50 times its time (docs/benchmarks.md, "On busy cores").
+two threads ran 2.7 to 10 times slower than on the idle machine (10 to 30
+times in an earlier run), and the fast path pinned to one thread took 0.20
+to 0.43 times its time (docs/benchmarks.md, "On busy cores").
 
 So the fast path measures, during its own calls (and for the first one,
 since msds was imported), how much of its CPUs other processes used (Linux's /proc/stat, less this process's own CPU time), and
