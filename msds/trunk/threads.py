@@ -57,12 +57,15 @@ def cpu_busy_seconds(stat: str, cpus: FrozenSet[int], ticks_per_second: float) -
 
 
 # Cores' worth of other processes' CPU use tolerated before a thread steps
-# down. A thread on a core that others use now and then stalls every parallel
-# operation it takes part in: on the 2-core development machine, a loss step
-# (B = 2, 128 x 128, 3 levels) beside a process busy a fifth of the time took
-# 588 ms on two threads and 788 ms on one, beside one busy a third of the
-# time 913 ms on two and 729 ms on one.
-TOLERANCE = 0.25
+# down. Measured on the 2-core development machine, a loss step (B = 2,
+# 128 x 128, 3 levels) beside a process busy about a third of the time took,
+# in one run, 913 ms on the fast path's two threads and 729 ms on one; in
+# another, 549-558 ms on two, 666-773 ms on one and 589-639 ms on the plain
+# path. There two threads and one are close, and only two keep the fast path
+# ahead of the plain one (which runs two threads too, as slowed); beside a
+# process busy all the time one thread took 0.2 to 0.45 times the plain
+# path's time. So a core counts as taken once others use half of it.
+TOLERANCE = 0.5
 
 
 def threads_for(free_cores: float, torch_threads: int) -> int:
@@ -155,6 +158,19 @@ class CoreLoad:
 
 
 LOAD = CoreLoad()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's counters do not compare with the child's (its CPU time
+    # restarts), and a lock another thread held stays held: start afresh,
+    # the child's first call measuring from the fork.
+    LOAD._lock = threading.Lock()
+    LOAD._window = (0.0, 0.0, 0.0)
+    LOAD._first_window = LOAD.sample()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Per thread (autograd runs a CPU backward on the thread that called it):
 # (torch's count, the count lowered to) for each fast-path backward under way.
