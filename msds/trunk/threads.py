@@ -11,9 +11,10 @@ times in an earlier run), and the fast path pinned to one thread took 0.20
 to 0.43 times its time (docs/benchmarks.md, "On busy cores").
 
 So the fast path measures, during its own calls (and for the first one,
-since msds was imported), how much of its CPUs other processes used (Linux's /proc/stat, less this process's own CPU time), and
-runs its forward and its backward on the cores left free: fewer threads than
-torch's setting, never more, and at least one. Its results do not depend on
+since msds was imported), how much of its CPUs other processes used
+(Linux's /proc/stat, less this process's own CPU time), and runs its forward
+and its backward on the cores left free: fewer threads than torch's setting,
+never more, and at least one. Its results do not depend on
 the thread count, bit for bit (tests/test_fastpath_equivalence.py), so this
 changes only the time. Torch's setting is restored after each forward and
 backward. Where /proc/stat cannot be read (not Linux), the count is never
@@ -30,7 +31,8 @@ from contextlib import contextmanager, nullcontext
 from typing import ContextManager, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
-from torch.autograd import forward_ad
+
+from msds.trunk.winograd import _dual, _in_functorch_transform
 
 # The load is averaged over at least this much of the fast path's own wall
 # time (the kernel counts CPU time in ticks of 10 ms: 0.2 s on 2 cores is 40).
@@ -63,7 +65,7 @@ def cpu_busy_seconds(stat: str, cpus: FrozenSet[int], ticks_per_second: float) -
 # another, 549-558 ms on two, 666-773 ms on one and 589-639 ms on the plain
 # path. There two threads and one are close, and only two keep the fast path
 # ahead of the plain one (which runs two threads too, as slowed); beside a
-# process busy all the time one thread took 0.2 to 0.45 times the plain
+# process busy all the time one thread took 0.20 to 0.43 times the plain
 # path's time. So a core counts as taken once others use half of it.
 TOLERANCE = 0.5
 
@@ -229,12 +231,7 @@ def _restore_after_a_failed_backward() -> None:
 
 def _autograd_can_carry(images: List[torch.Tensor]) -> bool:
     """Whether the backward will run the two Functions: reverse mode only."""
-    if not torch.is_grad_enabled():
-        return False
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    if peek is not None and peek() is not None:
-        return False
-    return not any(forward_ad.unpack_dual(image).tangent is not None for image in images)
+    return torch.is_grad_enabled() and not _in_functorch_transform() and not _dual(*images)
 
 
 class Scope:
